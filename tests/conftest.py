@@ -1,0 +1,18 @@
+"""Shared test setup: 8 fake CPU devices unless the caller chose otherwise, and the shared data path."""
+import os
+import pathlib
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+SHARED_DATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data():
+  """Path to ../shared/data; skips the test where a fresh clone has none."""
+  if not SHARED_DATA.is_dir():
+    pytest.skip(f"real data folder {SHARED_DATA} is absent (only developers and CI have it)")
+  return SHARED_DATA

@@ -1,0 +1,129 @@
+"""Sampler vs the float64 NumPy reference (and PyTorch where installed), gradients, ViT tiles."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.test_util import check_grads
+
+from apvit_jax import sampler
+import numpy_sampler as ref
+
+
+def random_theta(rng, shape):
+  """Random affine maps with rotation, anisotropic scale, shear and translations that leave the image."""
+  angle = rng.uniform(-np.pi, np.pi, shape)
+  sx, sy = rng.uniform(0.1, 1.2, shape), rng.uniform(0.1, 1.2, shape)
+  shear = rng.uniform(-0.5, 0.5, shape)
+  t = rng.uniform(-1.6, 1.6, shape + (2,))  # |t| > 1 puts patches partly or fully outside
+  c, s = np.cos(angle), np.sin(angle)
+  a = np.stack([np.stack([sx * c, -sy * s + shear], -1), np.stack([sx * s, sy * c], -1)], -2)
+  return np.concatenate([a, t[..., None]], -1).astype(np.float32)
+
+
+CASES = [  # (B, H, W, C, N, Ph, Pw)
+    (2, 9, 13, 3, 4, 5, 5),
+    (3, 16, 8, 1, 3, 4, 6),
+    (1, 7, 7, 3, 6, 3, 3),
+]
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("case", CASES)
+def test_sample_patches_matches_numpy(case, padding_mode, align_corners):
+  rng = np.random.default_rng()
+  b, h, w, c, n, ph, pw = case
+  images = rng.normal(size=(b, h, w, c)).astype(np.float32)
+  theta = random_theta(rng, (b, n))
+  got = jax.jit(sampler.sample_patches, static_argnums=2,
+                static_argnames=("align_corners", "padding_mode"))(
+      images, theta, (ph, pw), align_corners=align_corners, padding_mode=padding_mode)
+  grid = ref.affine_grid(theta, ph, pw, align_corners)
+  want = ref.grid_sample(images, grid, padding_mode, align_corners)
+  assert got.shape == (b, n, ph, pw, c)
+  # float32 coordinates: an error of ~1e-7 in a coordinate of size ~10 moves a bilinear weight by ~1e-6.
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
+  # Some samples must fall outside the image, or the padding branch went untested.
+  assert (np.abs(grid) > 1).any()
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_affine_grid_matches_numpy(align_corners):
+  rng = np.random.default_rng()
+  theta = random_theta(rng, (2, 3))
+  got = sampler.affine_grid(jnp.asarray(theta), (4, 7), align_corners=align_corners)
+  np.testing.assert_allclose(np.asarray(got), ref.affine_grid(theta, 4, 7, align_corners),
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_matches_torch(padding_mode, align_corners):
+  torch = pytest.importorskip("torch", reason="PyTorch not installed: NumPy reference covers semantics")
+  rng = np.random.default_rng()
+  images = rng.normal(size=(2, 11, 6, 3)).astype(np.float32)
+  theta = random_theta(rng, (2,))
+  tt = torch.from_numpy(theta)
+  grid = torch.nn.functional.affine_grid(tt, (2, 3, 5, 4), align_corners=align_corners)
+  want = torch.nn.functional.grid_sample(torch.from_numpy(images).permute(0, 3, 1, 2), grid,
+                                         mode="bilinear", padding_mode=padding_mode,
+                                         align_corners=align_corners).permute(0, 2, 3, 1).numpy()
+  got = sampler.grid_sample(jnp.asarray(images),
+                            sampler.affine_grid(jnp.asarray(theta), (5, 4), align_corners),
+                            padding_mode=padding_mode, align_corners=align_corners)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_gradients(padding_mode, align_corners):
+  rng = np.random.default_rng()
+  with jax.enable_x64(True):
+    images = jnp.asarray(rng.normal(size=(2, 6, 5, 2)))
+    theta = jnp.asarray(random_theta(rng, (2, 3)).astype(np.float64))
+    f = lambda im, th: sampler.sample_patches(im, th, 3, align_corners=align_corners,
+                                              padding_mode=padding_mode)
+    # Bilinear sampling is piecewise smooth; eps=1e-6 keeps finite differences off the pixel seams.
+    check_grads(f, (images, theta), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("hw,p", [((32, 32), 8), ((16, 64), 4), ((28, 28), 7), ((224, 224), 16)])
+def test_regular_grid_reproduces_tiles(hw, p):
+  rng = np.random.default_rng()
+  h, w = hw
+  images = rng.normal(size=(2, h, w, 3)).astype(np.float32)
+  theta = jnp.broadcast_to(sampler.regular_grid_theta(hw, p), (2, (h // p) * (w // p), 2, 3))
+  got = np.asarray(jax.jit(sampler.sample_patches, static_argnums=2)(images, theta, p))
+  tiles = images.reshape(2, h // p, p, w // p, p, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, -1, p, p, 3)
+  if (h & (h - 1)) == 0 and (w & (w - 1)) == 0:
+    np.testing.assert_array_equal(got, tiles)  # power-of-two sizes: every coordinate is exact
+  else:
+    # P/W is inexact in float32: coordinates carry a few ulp of max(H, W) pixels, so the bilinear blend
+    # leaks that fraction of the neighbour difference (bounded by the image's value range).
+    tol = 8 * np.finfo(np.float32).eps * max(h, w) * (images.max() - images.min())
+    np.testing.assert_allclose(got, tiles, rtol=0, atol=tol)
+
+
+def test_bfloat16():
+  rng = np.random.default_rng()
+  images = rng.normal(size=(2, 12, 10, 3)).astype(np.float32)
+  theta = random_theta(rng, (2, 5))
+  got = sampler.sample_patches(jnp.asarray(images, jnp.bfloat16), jnp.asarray(theta, jnp.bfloat16), 4)
+  assert got.dtype == jnp.bfloat16
+  want = ref.grid_sample(np.asarray(jnp.asarray(images, jnp.bfloat16), np.float64),
+                         ref.affine_grid(np.asarray(jnp.asarray(theta, jnp.bfloat16), np.float64),
+                                         4, 4, False), "zeros", False)
+  # bf16 has an 8-bit mantissa: one rounding of the output, relative error <= 2^-8.
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-2, atol=1e-2)
+  g = jax.grad(lambda im, th: sampler.sample_patches(im, th, 4).astype(jnp.float32).sum(), (0, 1))(
+      jnp.asarray(images, jnp.bfloat16), jnp.asarray(theta, jnp.bfloat16))
+  assert g[0].dtype == jnp.bfloat16 and np.isfinite(np.asarray(g[1], np.float32)).all()
+
+
+def test_bad_shapes_raise():
+  with pytest.raises(ValueError, match="theta"):
+    sampler.sample_patches(jnp.ones((2, 8, 8, 3)), jnp.ones((2, 4, 3, 3)), 4)
+  with pytest.raises(ValueError, match="padding_mode"):
+    sampler.grid_sample(jnp.ones((1, 8, 8, 3)), jnp.ones((1, 2, 2)), padding_mode="reflect")
+  with pytest.raises(ValueError, match="divisible"):
+    sampler.regular_grid_theta((30, 32), 8)
