@@ -1,0 +1,201 @@
+"""The one ViT: a front-end makes tokens + positional code, a pre-LN encoder mixes them, a head classifies.
+
+ViT (Dosovitskiy et al.) with the grid front-end; patch size 1 is the pixel transformer (PiT).
+Adaptive front-ends (DPS-ViT, APViT) plug into the same `ViT` through `front_end`.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from apvit_jax.models.posembed import GridPosEmbed
+
+# name -> (width, depth, heads); MLP width is 4x.
+VARIANTS = {
+    "mu": (64, 4, 4),  # tiny, for smoke tests and the CPU quickstart
+    "Ti": (192, 12, 3),
+    "S": (384, 12, 6),
+    "M": (512, 12, 8),
+    "B": (768, 12, 12),
+    "L": (1024, 24, 16),
+}
+POOLS = ("token", "gap")
+
+
+def decode_variant(variant: str) -> dict[str, int]:
+  """"S/16" -> dict(width=384, depth=12, num_heads=6, patch_size=16)."""
+  m = re.fullmatch(r"(\w+?)/(\d+)", variant or "")
+  if not m or m.group(1) not in VARIANTS:
+    raise ValueError(f"unknown ViT variant {variant!r}: expected NAME/PATCH with NAME in "
+                     f"{sorted(VARIANTS)}, e.g. 'S/16' or 'Ti/1' (pixel transformer)")
+  width, depth, heads = VARIANTS[m.group(1)]
+  return dict(width=width, depth=depth, num_heads=heads, patch_size=int(m.group(2)))
+
+
+def attention_implementation(dtype) -> str | None:
+  """cuDNN fused attention on GPU for half precision (its requirement); XLA elsewhere."""
+  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+    return "cudnn"
+  return None
+
+
+class MultiHeadAttention(nn.Module):
+  """Self-attention through `jax.nn.dot_product_attention`. x (B, T, D) -> (B, T, D)."""
+  num_heads: int
+  dtype: Any = jnp.float32
+  implementation: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    d = x.shape[-1]
+    if d % self.num_heads:
+      raise ValueError(f"width {d} is not divisible by num_heads {self.num_heads}")
+    dense = lambda name: nn.DenseGeneral((self.num_heads, d // self.num_heads), dtype=self.dtype,
+                                         kernel_init=nn.initializers.xavier_uniform(), name=name)
+    q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, heads, head_dim)
+    y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype,
+                           kernel_init=nn.initializers.xavier_uniform(), name="out")(y)
+
+
+class MlpBlock(nn.Module):
+  """Dense(4D) -> GELU -> dropout -> Dense(D) -> dropout."""
+  mlp_dim: int
+  dropout: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    d = x.shape[-1]
+    init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
+    x = nn.Dense(self.mlp_dim, dtype=self.dtype, **init)(x)
+    x = nn.Dropout(self.dropout)(nn.gelu(x), deterministic=not train)
+    x = nn.Dense(d, dtype=self.dtype, **init)(x)
+    return nn.Dropout(self.dropout)(x, deterministic=not train)
+
+
+class DropPath(nn.Module):
+  """Stochastic depth: drops a whole residual branch per example, rescaling the kept ones."""
+  rate: float = 0.0
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    if not train or self.rate == 0.0:
+      return x
+    keep = 1.0 - self.rate
+    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
+    return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
+
+
+class EncoderBlock(nn.Module):
+  """Pre-LN block: x + attn(LN(x)), then x + mlp(LN(x))."""
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
+    y = MultiHeadAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y)
+    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    x = x + DropPath(self.drop_path)(y, train=train)
+    y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
+    y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train=train)
+    return x + DropPath(self.drop_path)(y, train=train)
+
+
+class Encoder(nn.Module):
+  """`depth` pre-LN blocks and a final LayerNorm. (B, T, D) -> (B, T, D).
+
+  Stochastic-depth rates grow linearly from 0 to `drop_path` over the blocks.
+  """
+  depth: int
+  num_heads: int
+  mlp_dim: int
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool):
+    for i in range(self.depth):
+      rate = self.drop_path * i / max(self.depth - 1, 1)
+      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, rate, self.dtype,
+                       self.attention_impl, name=f"block{i}")(x, train=train)
+    return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+class GridPatchEmbed(nn.Module):
+  """The ViT front-end: non-overlapping P×P patches by a strided conv, plus a grid position code.
+
+  images (B, H, W, C) -> tokens (B, N, D), positional code (1, N, D).
+  """
+  width: int
+  patch_size: int
+  posemb: str = "learn"
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    del train
+    _, h, w, _ = images.shape
+    p = self.patch_size
+    if h % p or w % p:
+      raise ValueError(f"image size {h}x{w} is not divisible by patch size {p}")
+    x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
+                name="embedding")(images)
+    gh, gw = h // p, w // p
+    return x.reshape(x.shape[0], gh * gw, self.width), GridPosEmbed(self.posemb, name="posemb")(
+        gh, gw, self.width)
+
+
+class ViT(nn.Module):
+  """Vision Transformer. images (B, H, W, C) -> (logits (B, classes) float32, intermediates dict).
+
+  `front_end` (optional) makes `(tokens (B, N, D), positional code broadcastable to tokens or None)`;
+  the default is `GridPatchEmbed`. With pool="token" a cls token with its own learned position
+  embedding is prepended (the original ViT layout); pool="gap" averages the tokens instead.
+  """
+  num_classes: int
+  width: int = 192
+  depth: int = 12
+  num_heads: int = 3
+  patch_size: int = 16
+  mlp_ratio: int = 4
+  posemb: str = "learn"
+  pool: str = "token"
+  dropout: float = 0.0
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+  attention_impl: str | None = "auto"
+  front_end: Callable[..., Any] | None = None
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    if self.pool not in POOLS:
+      raise ValueError(f"unknown pool {self.pool!r}; choose from {POOLS}")
+    front = self.front_end or GridPatchEmbed(self.width, self.patch_size, self.posemb, self.dtype,
+                                             name="patch_embed")
+    tokens, pos = front(images.astype(self.dtype), train=train)
+    x = tokens if pos is None else tokens + pos.astype(tokens.dtype)
+    b, _, d = x.shape
+    if self.pool == "token":
+      cls = self.param("cls", nn.initializers.zeros, (1, 1, d))
+      cls_pos = self.param("cls_pos_embedding", nn.initializers.normal(0.02), (1, 1, d))
+      x = jnp.concatenate([jnp.broadcast_to((cls + cls_pos).astype(x.dtype), (b, 1, d)), x], axis=1)
+    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    impl = attention_implementation(self.dtype) if self.attention_impl == "auto" else self.attention_impl
+    x = Encoder(self.depth, self.num_heads, self.mlp_ratio * d, self.dropout, self.drop_path,
+                self.dtype, impl, name="encoder")(x, train=train)
+    pre_logits = x[:, 0] if self.pool == "token" else x.mean(axis=1)
+    logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
+                      name="head")(pre_logits)
+    return logits.astype(jnp.float32), {"tokens": x, "pre_logits": pre_logits}

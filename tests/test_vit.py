@@ -1,0 +1,79 @@
+"""ViT: parameter counts, NumPy reference forward, pooling, bf16, batch independence, bad input."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apvit_jax.models.vit import ViT, decode_variant
+import numpy_vit
+
+
+def count_params(model, shape):
+  variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape), train=False))
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(variables["params"]))
+
+
+def test_vit_b16_parameter_count():
+  model = ViT(num_classes=1000, **decode_variant("B/16"))
+  assert count_params(model, (1, 224, 224, 3)) == 86_567_656
+
+
+def test_variants():
+  assert decode_variant("Ti/16") == dict(width=192, depth=12, num_heads=3, patch_size=16)
+  assert decode_variant("S/16") == dict(width=384, depth=12, num_heads=6, patch_size=16)
+  assert decode_variant("Ti/1")["patch_size"] == 1
+  with pytest.raises(ValueError, match="unknown ViT variant 'X/16'"):
+    decode_variant("X/16")
+
+
+def randomise(params, rng):
+  """Fresh random values for every leaf (the zero-initialised head would hide errors)."""
+  return jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.3, x.shape), x.dtype), params)
+
+
+@pytest.mark.parametrize("pool", ["token", "gap"])
+def test_matches_numpy_forward(pool):
+  rng = np.random.default_rng()
+  model = ViT(num_classes=5, width=16, depth=2, num_heads=2, patch_size=4, pool=pool)
+  images = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
+  params = randomise(model.init(jax.random.key(0), images, train=False)["params"], rng)
+  # Flax's nn.gelu is the tanh approximation by default, as in the reference.
+  logits, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, images)
+  want = numpy_vit.vit_forward(flax.core.unfreeze(params), images, 4, 2, pool)
+  np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
+  assert aux["tokens"].shape == (3, 6 + (pool == "token"), 16)
+
+
+def test_pixel_transformer_and_bf16():
+  rng = np.random.default_rng()
+  model = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1, dtype=jnp.bfloat16)
+  images = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
+  variables = model.init(jax.random.key(1), images, train=False)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))  # params stay float32
+  params = randomise(variables["params"], rng)
+  logits, aux = model.apply({"params": params}, images, train=False)
+  assert logits.dtype == jnp.float32 and aux["tokens"].shape == (2, 37, 16)
+  ref = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1).apply(
+      {"params": params}, images, train=False)[0]
+  # bf16 activations: ~3 significant digits per op.
+  np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=5e-2, atol=5e-2 * np.abs(ref).max())
+
+
+def test_batch_independence_and_dropout_rng():
+  rng = np.random.default_rng()
+  model = ViT(num_classes=4, width=16, depth=2, num_heads=2, patch_size=4, dropout=0.1, drop_path=0.1)
+  images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
+  params = randomise(model.init(jax.random.key(0), images, train=False)["params"], rng)
+  full = model.apply({"params": params}, images, train=False)[0]
+  single = model.apply({"params": params}, images[1:2], train=False)[0]
+  np.testing.assert_allclose(np.asarray(full[1:2]), np.asarray(single), rtol=1e-5, atol=1e-5)
+  a = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(1)})[0]
+  b = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(2)})[0]
+  assert not np.allclose(np.asarray(a), np.asarray(b))
+
+
+def test_patch_size_must_divide_image():
+  model = ViT(num_classes=2, width=16, depth=1, num_heads=2, patch_size=5)
+  with pytest.raises(ValueError, match="not divisible by patch size 5"):
+    model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
