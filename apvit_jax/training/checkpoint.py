@@ -1,0 +1,73 @@
+"""Checkpoints through orbax's CheckpointManager: the latest and the best-by-eval-accuracy steps are
+kept, saves are asynchronous, and re-running the same command resumes from the latest one."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+METRIC = "accuracy"
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint that does not fit the model/optimizer the config builds."""
+
+
+def state_to_save(state) -> dict:
+  """The parts of a TrainState that a checkpoint holds (functions and static fields are rebuilt)."""
+  return {"step": np.asarray(state.step, np.int64) if np.ndim(state.step) == 0 else state.step,
+          "params": state.params, "opt_state": state.opt_state, "batch_stats": state.batch_stats}
+
+
+class Checkpointer:
+  def __init__(self, workdir: str | pathlib.Path, *, async_save: bool = True, read_only: bool = False):
+    self.directory = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(1),
+            policies.BestN(get_metric_fn=lambda m: m[METRIC], n=1)]),
+        best_fn=lambda m: m[METRIC], best_mode="max",
+        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step()
+
+  def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
+    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" to rank as best."""
+    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
+                      metrics=metrics, force=True)
+
+  def restore(self, step: int, target: dict) -> dict:
+    """Restores `step` into the structure of `target` (a NumPy tree), checking every shape."""
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                              f"available: {self.manager.all_steps()}")
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    except (ValueError, KeyError, TypeError) as e:
+      raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not match the model the "
+                               f"config builds: {e}") from e
+    mismatched = []
+    def check(path, want, got):
+      if np.shape(want) != np.shape(got):
+        mismatched.append(f"{jax.tree_util.keystr(path)}: checkpoint {np.shape(got)} vs model "
+                          f"{np.shape(want)}")
+    jax.tree_util.tree_map_with_path(check, target, restored)
+    if mismatched:
+      raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not match the model the config "
+                               f"builds ({len(mismatched)} arrays differ), e.g. " + "; ".join(mismatched[:3]))
+    return restored
+
+  def wait(self) -> None:
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

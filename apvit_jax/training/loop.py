@@ -1,0 +1,235 @@
+"""The training loop: config -> data, model, state -> steps, evaluation, checkpoints, metrics.
+
+The global batch at step s and every random number it uses depend only on (config.seed, s), so a
+resumed run continues exactly as an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import pathlib
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from apvit_jax.data import batches, sources
+from apvit_jax.models.registry import build_model, check_image_fits
+from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import parallel, state as state_lib, step as step_lib
+from apvit_jax.training.metrics import MetricWriter
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training or evaluation run is built from, validated before any compilation."""
+  config: object
+  dataset: sources.Dataset
+  par: parallel.Parallel
+  model: object
+  schedule: object
+  state: state_lib.TrainState  # host/default-device copy, not yet replicated
+  steps_per_epoch: int
+  total_steps: int
+  per_device_batch: int
+
+
+def setup(config, *, for_training: bool = True, devices=None) -> Run:
+  parallel.maybe_initialize_distributed(config.get("distributed", "auto"))
+  par = parallel.Parallel(config.parallel, devices)
+  per_device = par.check_batch(config.batch_size)
+  dataset = sources.load(config.data)
+  check_image_fits(config.model, dataset.image_shape)
+  if config.get("num_classes") and config.num_classes != dataset.num_classes:
+    raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
+                     f"{dataset.num_classes} classes")
+  with config.unlocked():
+    config.num_classes = dataset.num_classes
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
+                     f"({len(dataset.train)} examples)")
+  total_steps = config.get("total_steps") or int(config.num_epochs * steps_per_epoch)
+  if for_training and total_steps <= 0:
+    raise ValueError("nothing to train: set num_epochs or total_steps > 0")
+  model = build_model(config.model, dataset.num_classes)
+  schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
+  tx = state_lib.make_optimizer(config.optim, schedule)
+  state = state_lib.create_state(model, tx, jax.random.fold_in(jax.random.key(config.seed), 0),
+                                 dataset.image_shape)
+  return Run(config, dataset, par, model, schedule, state, steps_per_epoch, total_steps, per_device)
+
+
+def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.TrainState:
+  target = jax.device_get(ckpt_lib.state_to_save(run.state))
+  restored = ckpt.restore(step, target)
+  return run.state.replace(step=int(restored["step"]), params=restored["params"],
+                           opt_state=restored["opt_state"], batch_stats=restored["batch_stats"])
+
+
+def device_data(run: Run, split: sources.Split | sources.StreamingSplit):
+  """In-memory splits live on every device; streaming splits return {} (batches carry images)."""
+  if isinstance(split, sources.StreamingSplit):
+    return {}
+  return run.par.replicate({"images": split.images, "labels": split.labels})
+
+
+def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | None = None) -> dict:
+  batch = {"position": positions.astype(np.int32), **(extra or {})}
+  if isinstance(split, sources.StreamingSplit):
+    batch["images"], batch["labels"] = split.get(indices)
+  else:
+    batch["index"] = indices.astype(np.int32)
+  return batch
+
+
+def evaluate(run: Run, state, eval_step, data, split) -> dict:
+  """Accuracy and mean loss over a whole split (padding masked out)."""
+  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  pi, pc = jax.process_index(), jax.process_count()
+  for idx, mask in batches.eval_batches(len(split), run.config.batch_size):
+    local = batches.host_slice(idx, pi, pc)
+    batch = host_batch(split, local, batches.host_slice(np.arange(len(idx)), pi, pc),
+                       {"mask": batches.host_slice(mask, pi, pc)})
+    sums = run.par.metrics(eval_step(state, data, run.par.shard(batch)))
+    totals = {k: totals[k] + sums[k] for k in totals}
+  n = totals["count"]
+  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+
+
+def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
+  ds, par = run.dataset, run.par
+  return [
+      f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
+      f"parallel={par.mode}",
+      f"batch: global {run.config.batch_size}, per device {run.per_device_batch}",
+      f"model: {run.config.model.name} {run.config.model.variant}, "
+      f"{state_lib.count_params(run.state.params):,} parameters, dtype {run.config.model.dtype}",
+      f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
+      f"{ds.num_classes} classes",
+      f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
+      f"workdir: {workdir}",
+  ]
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains (resuming from the latest checkpoint in workdir), evaluating every epoch. -> summary."""
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  run = setup(config)
+  is_main = jax.process_index() == 0
+  if is_main:
+    workdir.mkdir(parents=True, exist_ok=True)
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=config.checkpoint.async_save)
+  state = run.state
+  latest = ckpt.latest_step()
+  if latest is not None:
+    state = restore(run, ckpt, latest)  # raises before anything in workdir is written
+  start_step = int(state.step)
+  writer = MetricWriter(workdir)
+  if is_main:
+    for line in summary_lines(run, workdir, start_step):
+      print(line, flush=True)
+    with open(workdir / "runs.jsonl", "a") as f:  # append-only record of every start
+      f.write(json.dumps({"time": time.time(), "start_step": start_step,
+                          "config": json.loads(config.to_json_best_effort())}) + "\n")
+
+  par = run.par
+  state = par.replicate(state)
+  train_data = device_data(run, run.dataset.train)
+  test_data = device_data(run, run.dataset.test)
+  train_step = par.compile(step_lib.make_train_step(config, run.schedule), num_args=4, broadcast_last=True)
+  eval_step = par.compile(step_lib.make_eval_step(config), num_args=3, donate_first=False)
+  train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
+
+  n_train, gb = len(run.dataset.train), config.batch_size
+  pi, pc = jax.process_index(), jax.process_count()
+  positions = batches.host_slice(np.arange(gb), pi, pc)
+
+  def make_batch(step):
+    idx = batches.host_slice(batches.train_indices(config.seed, step, n_train, gb), pi, pc)
+    return par.shard(host_batch(run.dataset.train, idx, positions))
+
+  # Host work for step s+1 overlaps device work for step s (matters for streaming sources).
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  best = {"accuracy": -1.0, "step": None}
+  for r in writer.read():
+    if r["split"] == "test" and r["step"] <= start_step and r["accuracy"] > best["accuracy"]:
+      best = {"accuracy": r["accuracy"], "step": r["step"]}
+  last_eval, train_time, train_images = None, 0.0, 0
+  step = start_step
+  next_batch = pool.submit(make_batch, step) if step < run.total_steps else None
+  bar = tqdm.tqdm(total=run.total_steps, initial=start_step, disable=not (is_main and config.progress_bar),
+                  dynamic_ncols=True, unit="step")
+  t_start = time.time()
+  while step < run.total_steps:
+    epoch_end = min((step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
+    t0, first = None, step
+    while step < epoch_end:
+      batch = next_batch.result()
+      next_batch = pool.submit(make_batch, step + 1) if step + 1 < run.total_steps else None
+      state, metrics = train_step(state, train_data, batch, train_key)
+      step += 1
+      bar.update(1)
+      if step == first + 1:  # exclude compilation and the first dispatch from the throughput
+        jax.block_until_ready(metrics)
+        t0 = time.time()
+      if step % config.log_every_steps == 0 or step == epoch_end:
+        m = par.metrics(metrics)
+        if not np.isfinite(m["loss"]):
+          ckpt.wait()
+          raise FloatingPointError(f"loss is {m['loss']} at step {step}; last good checkpoint: "
+                                   f"{ckpt.latest_step()} in {ckpt.directory}")
+        bar.set_postfix(loss=f"{m['loss']:.3f}", refresh=False)
+        writer.write(step, "train", m, echo=None if config.progress_bar else print)
+    jax.block_until_ready(state.step)
+    if step - first > 1:
+      train_time += time.time() - t0
+      train_images += (step - first - 1) * gb
+    epoch = step / run.steps_per_epoch
+    is_last = step == run.total_steps
+    if is_last or round(epoch) % config.eval_every_epochs == 0:
+      last_eval = evaluate(run, state, eval_step, test_data, run.dataset.test)
+      ips = train_images / train_time if train_time else float("nan")
+      writer.write(step, "test", {**last_eval, "epoch": round(epoch, 3), "images_per_sec": ips},
+                   echo=bar.write if is_main else None)
+      if last_eval["accuracy"] > best["accuracy"]:
+        best = {"accuracy": last_eval["accuracy"], "step": step}
+      ckpt.save(step, par.unreplicate(ckpt_lib.state_to_save(state)), last_eval)
+  bar.close()
+  pool.shutdown()
+  ckpt.wait()
+  ckpt.close()
+  summary = {"final_step": step, "best_accuracy": best["accuracy"], "best_step": best["step"],
+             "final_accuracy": last_eval["accuracy"] if last_eval else None,
+             "wall_seconds": time.time() - t_start,
+             "train_images_per_sec": train_images / train_time if train_time else None}
+  writer.write(step, "summary", summary, echo=None)
+  if is_main:
+    print(f"FINAL best_accuracy={summary['best_accuracy']:.4f} (step {summary['best_step']}) "
+          f"final_accuracy={summary['final_accuracy'] if last_eval else float('nan'):.4f} "
+          f"wall={summary['wall_seconds']:.1f}s images/s={summary['train_images_per_sec'] or 0:.1f}",
+          flush=True)
+  return summary
+
+
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "test") -> dict:
+  """Restores the best checkpoint (or `step`) and evaluates `split` ("test" or "train")."""
+  workdir = pathlib.Path(workdir).expanduser().resolve()
+  if not (workdir / "checkpoints").is_dir():
+    raise FileNotFoundError(f"no checkpoints in {workdir}: train first with the same --config")
+  run = setup(config, for_training=False)
+  ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
+  step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())
+  if step is None:
+    raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
+  state = run.par.replicate(restore(run, ckpt, step))
+  if split not in ("test", "train"):
+    raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
+  data_split = getattr(run.dataset, split)
+  eval_step = run.par.compile(step_lib.make_eval_step(config), num_args=3, donate_first=False)
+  result = {"step": step, "split": split, **evaluate(run, state, eval_step, device_data(run, data_split),
+                                                     data_split)}
+  ckpt.close()
+  return result

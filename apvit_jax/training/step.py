@@ -1,0 +1,84 @@
+"""Train and eval steps, written once as per-device code. Collectives use the named axis "batch";
+`parallel.py` runs them under jax.pmap or jit(shard_map) over a Mesh.
+
+A batch is a dict with either "index" (int32 (b,), rows of the device-resident `data`) or "images"
+(uint8 (b, H, W, C)) and "labels"; "position" (int32 (b,)) is each example's place in the global batch
+and keys its augmentation; eval batches carry "mask" (bool (b,)) for padding.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from apvit_jax.data.augment import example_keys, preprocess
+
+AXIS = "batch"
+
+
+def fetch(data, batch):
+  """(images uint8 (b, H, W, C), labels (b,)) from the device-resident dataset or the batch itself."""
+  if "index" in batch:
+    return data["images"][batch["index"]], data["labels"][batch["index"]]
+  return batch["images"], batch["labels"]
+
+
+def _apply(state, params, images, *, train, rngs=None):
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+    if train:
+      (logits, _), updates = state.apply_fn(variables, images, train=True, rngs=rngs,
+                                            mutable=["batch_stats"])
+      return logits, updates["batch_stats"]
+  logits, _ = state.apply_fn(variables, images, train=train, rngs=rngs)
+  return logits, state.batch_stats
+
+
+def make_train_step(config, schedule):
+  """-> train_step(state, data, batch, key) -> (state, metrics), per device."""
+
+  def train_step(state, data, batch, key):
+    images, labels = fetch(data, batch)
+    step_key = jax.random.fold_in(key, state.step)
+    x = preprocess(images, example_keys(jax.random.fold_in(step_key, 0), batch["position"]),
+                   config.augment, train=True)
+    # Dropout masks differ per device (and so with the device count); augmentation does not.
+    dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), jax.lax.axis_index(AXIS))
+    num_classes = config.num_classes
+
+    def loss_fn(params):
+      logits, batch_stats = _apply(state, params, x, train=True, rngs={"dropout": dropout_key})
+      targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
+      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      return loss, (logits, batch_stats)
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = jax.lax.pmean(grads, AXIS)
+    batch_stats = jax.lax.pmean(batch_stats, AXIS)
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    metrics = {
+        "loss": loss,
+        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        "grad_norm": optax.global_norm(grads),
+        "lr": schedule(state.step),
+    }
+    return new_state, jax.lax.pmean(metrics, AXIS)
+
+  return train_step
+
+
+def make_eval_step(config):
+  """-> eval_step(state, data, batch) -> sums {"loss", "correct", "count"} over the global batch."""
+
+  def eval_step(state, data, batch):
+    images, labels = fetch(data, batch)
+    x = preprocess(images, None, config.augment, train=False)
+    logits, _ = _apply(state, state.params, x, train=False)
+    mask = batch["mask"].astype(jnp.float32)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    sums = {"loss": jnp.sum(loss * mask), "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+            "count": jnp.sum(mask)}
+    return jax.lax.psum(sums, AXIS)
+
+  return eval_step

@@ -1,0 +1,35 @@
+"""Evaluate a trained checkpoint: prints and writes JSON with accuracy, loss and count.
+
+  python eval.py --config=configs/quickstart.py --workdir=workdirs/quickstart [--step=N] [--split=test]
+"""
+import json
+import pathlib
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from apvit_jax.training.loop import evaluate_checkpoint
+
+config_flags.DEFINE_config_file("config", None, "The config file the run was trained with "
+                                "(configs/NAME.py[:ARG]), with the same overrides.", lock_config=True)
+flags.DEFINE_string("workdir", None, "The training run's workdir.")
+flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the best by test accuracy.")
+flags.DEFINE_enum("split", "test", ["test", "train"], "Which split to evaluate.")
+flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/eval_STEP_SPLIT.json.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  f = flags.FLAGS
+  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split)
+  out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}.json")
+  out.write_text(json.dumps(result, indent=2) + "\n")
+  print(json.dumps(result))
+  print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  app.run(main)

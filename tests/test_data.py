@@ -1,0 +1,156 @@
+"""Data sources (raw files, built-in, tfds mock), augmentation vs NumPy, deterministic batch order."""
+import gzip
+import hashlib
+import pickle
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from apvit_jax.data import augment, batches, sources
+
+
+def test_mnist_exact(shared_data):
+  ds = sources.load_mnist_idx(shared_data / "mnist")
+  assert ds.train.images.shape == (60_000, 28, 28, 1) and ds.test.images.shape == (10_000, 28, 28, 1)
+  # The README gives the md5 of the official uncompressed train-images file; rebuild it from our array.
+  header = bytes([0, 0, 8, 3]) + (60_000).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+  assert hashlib.md5(header + ds.train.images.tobytes()).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
+  assert np.bincount(ds.train.labels).tolist()[:3] == [5923, 6742, 5958]
+
+
+def test_fashion_mnist_subset(shared_data):
+  ds = sources.load_mnist_idx(shared_data / "fashion_mnist_subset", "fashion_mnist")
+  assert len(ds.train) == 8226 and len(ds.test) == 6978 and ds.num_classes == 10
+
+
+def test_cifar10_batches(shared_data):
+  ds = sources.load_cifar(shared_data / "cifar10_jpeg75", 10)
+  assert ds.train.images.shape == (50_000, 32, 32, 3) and len(ds.test) == 10_000
+  assert np.bincount(ds.train.labels).tolist() == [5000] * 10
+  with open(shared_data / "cifar10_jpeg75" / "cifar-10-batches-py" / "test_batch", "rb") as f:
+    raw = pickle.load(f, encoding="bytes")
+  i = np.random.default_rng().integers(10_000)
+  # Channels-last layout: pixel (r, c) channel k is data[k * 1024 + r * 32 + c].
+  r, c = np.random.default_rng().integers(32, size=2)
+  assert [ds.test.images[i, r, c, k] for k in range(3)] == [raw[b"data"][i][k * 1024 + r * 32 + c]
+                                                            for k in range(3)]
+
+
+def write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+  with gzip.open(path, "wb") as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_roundtrip_and_truncated(tmp_path):
+  rng = np.random.default_rng()
+  imgs, labels = rng.integers(0, 256, (7, 5, 4)), rng.integers(0, 10, 7)
+  for prefix, n in (("train", 7), ("t10k", 3)):
+    write_idx(tmp_path / f"{prefix}-images-idx3-ubyte.gz", imgs[:n])
+    write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte.gz", labels[:n])
+  ds = sources.load_mnist_idx(tmp_path)
+  np.testing.assert_array_equal(ds.train.images[..., 0], imgs)
+  np.testing.assert_array_equal(ds.test.labels, labels[:3])
+  raw = gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz").read()
+  with gzip.open(tmp_path / "t10k-images-idx3-ubyte.gz", "wb") as f:
+    f.write(raw[:-5])
+  with pytest.raises(sources.DataError, match="truncated"):
+    sources.load_mnist_idx(tmp_path)
+
+
+def test_missing_files_named(tmp_path):
+  with pytest.raises(sources.DataError, match="data_batch_1"):
+    sources.load_cifar(tmp_path, 10)
+  with pytest.raises(sources.DataError, match="train-images-idx3-ubyte"):
+    sources.load_mnist_idx(tmp_path)
+  cfg = ml_collections.ConfigDict({"name": "cifar10_raw", "data_dir": ""})
+  with pytest.raises(sources.DataError, match="data_dir"):
+    sources.load(cfg)
+  with pytest.raises(ValueError, match="unknown dataset name 'imagenet'"):
+    sources.load(ml_collections.ConfigDict({"name": "imagenet"}))
+
+
+def test_cluttered_digits_deterministic():
+  a = sources.cluttered_digits(seed=3, num_train=50, num_test=20, canvas=32)
+  b = sources.cluttered_digits(seed=3, num_train=50, num_test=20, canvas=32)
+  c = sources.cluttered_digits(seed=4, num_train=50, num_test=20, canvas=32)
+  np.testing.assert_array_equal(a.train.images, b.train.images)
+  assert not np.array_equal(a.train.images, c.train.images)
+  assert a.train.images.shape == (50, 32, 32, 1) and a.train.images.dtype == np.uint8
+  assert set(np.unique(a.train.labels)) <= set(range(10)) and len(np.unique(a.train.labels)) > 5
+
+
+def test_tfds_mock():
+  tfds = pytest.importorskip("tensorflow_datasets")
+  with tfds.testing.mock_data(num_examples=12):
+    ds = sources.load(ml_collections.ConfigDict({"name": "tfds:mnist", "data_dir": "", "image_size": 0,
+                                                 "in_memory": True}))
+    assert ds.train.images.shape == (12, 28, 28, 1) and ds.num_classes == 10
+    stream = sources.load_tfds("imagenet2012", None, 24, in_memory=False)
+    images, labels = stream.train.get([0, 5, 2])
+    assert images.shape == (3, 24, 24, 3) and labels.shape == (3,)
+
+
+def numpy_crop_flip(image, shift_x, shift_y, flip):
+  """torchvision semantics: output pixel (r, c) reads input (r + dy, c' + dx) with zero padding."""
+  h, w, _ = image.shape
+  out = np.zeros(image.shape, np.float64)
+  for r in range(h):
+    for c in range(w):
+      src_c = (w - 1 - c if flip else c) + shift_x
+      src_r = r + shift_y
+      if 0 <= src_r < h and 0 <= src_c < w:
+        out[r, c] = image[src_r, src_c]
+  return out
+
+
+@pytest.mark.parametrize("w", [16, 12])
+def test_crop_flip_copies_pixels(w):
+  rng = np.random.default_rng()
+  images = rng.integers(0, 256, (6, 8, w, 3)).astype(np.uint8)
+  keys = augment.example_keys(jax.random.key(int(rng.integers(1 << 30))), jnp.arange(6))
+  got = np.asarray(augment.augment(jnp.asarray(images), keys, crop_padding=3, flip=True))
+  thetas = jax.vmap(lambda k: augment.random_affine(k, 8, w, 3, True, 0.0))(keys)
+  flips = []
+  for i, th in enumerate(np.asarray(thetas)):
+    flip = th[0, 0] < 0
+    sx, sy = round(th[0, 2] * w / 2), round(th[1, 2] * 8 / 2)
+    assert abs(sx) <= 3 and abs(sy) <= 3
+    flips.append(flip)
+    # Flip is about the image centre, then the shift: exact integer pixel reads.
+    want = numpy_crop_flip(images[i], sx, sy, flip)
+    if w == 16:  # power of two: offsets exact in float32, so the copy is bit-exact
+      np.testing.assert_array_equal(got[i], want)
+    else:  # 2/12 is inexact: the weight on the neighbour pixel is ~1e-7, times values up to 255
+      np.testing.assert_allclose(got[i], want, rtol=0, atol=255 * 8 * np.finfo(np.float32).eps * w)
+
+
+def test_rotation_keeps_centre_and_mass():
+  rng = np.random.default_rng()
+  images = rng.integers(0, 256, (4, 17, 17, 1)).astype(np.uint8)
+  keys = augment.example_keys(jax.random.key(0), jnp.arange(4))
+  got = np.asarray(augment.augment(jnp.asarray(images), keys, rotate_degrees=15.0))
+  # Odd size: the centre pixel maps to itself under rotation about the centre.
+  np.testing.assert_allclose(got[:, 8, 8], images[:, 8, 8].astype(np.float32), atol=1e-3)
+  assert not np.allclose(got, images)
+
+
+def test_normalise():
+  x = np.random.default_rng().integers(0, 256, (2, 3, 3, 3)).astype(np.uint8)
+  mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
+  want = (x / 255.0 - np.array(mean)) / np.array(std)
+  np.testing.assert_allclose(np.asarray(augment.normalise(jnp.asarray(x), mean, std)), want, rtol=1e-6)
+
+
+def test_batch_order_deterministic_and_covering():
+  n, b = 103, 10
+  idx = [batches.train_indices(7, s, n, b) for s in range(10)]  # one epoch = 10 steps
+  flat = np.concatenate(idx)
+  assert len(np.unique(flat)) == 100  # no repeats within an epoch
+  np.testing.assert_array_equal(batches.train_indices(7, 4, n, b), idx[4])
+  assert not np.array_equal(batches.train_indices(7, 10, n, b), idx[0])  # next epoch reshuffles
+  evals = list(batches.eval_batches(23, 8))
+  assert sum(m.sum() for _, m in evals) == 23 and len(evals) == 3

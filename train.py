@@ -1,0 +1,26 @@
+"""Train a model from a config file. Re-running the same command on the same workdir resumes.
+
+  python train.py --config=configs/quickstart.py --workdir=workdirs/quickstart [--config.FIELD=VALUE ...]
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from apvit_jax.training.loop import train_and_evaluate
+
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, optionally with an argument: configs/NAME.py[:ARG] (e.g. :smoke). "
+    "Override any field with --config.FIELD=VALUE.", lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and runs.jsonl. "
+                    "An existing workdir is resumed from its latest checkpoint.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
+  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)
