@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16, else XLA; or "xla", "cudnn"
 
   c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adamw"       # or "sgd" (momentum = b1)
   c.optim.lr = 1e-3
   c.optim.b1 = 0.9
   c.optim.b2 = 0.999

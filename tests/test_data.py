@@ -142,7 +142,9 @@ def test_normalise():
   x = np.random.default_rng().integers(0, 256, (2, 3, 3, 3)).astype(np.uint8)
   mean, std = (0.1, 0.2, 0.3), (0.5, 0.6, 0.7)
   want = (x / 255.0 - np.array(mean)) / np.array(std)
-  np.testing.assert_allclose(np.asarray(augment.normalise(jnp.asarray(x), mean, std)), want, rtol=1e-6)
+  # float32: |want| <= 2, so a few ulp is ~1e-6 absolute.
+  np.testing.assert_allclose(np.asarray(augment.normalise(jnp.asarray(x), mean, std)), want, rtol=1e-6,
+                             atol=2e-6)
 
 
 def test_batch_order_deterministic_and_covering():

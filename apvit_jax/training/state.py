@@ -31,9 +31,19 @@ def decay_mask(params):
       lambda path, x: x.ndim >= 2 and getattr(path[-1], "key", "") == "kernel", params)
 
 
+OPTIMIZERS = ("adamw", "sgd")
+
+
 def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  tx = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                   mask=decay_mask)
+  """AdamW (decoupled decay on kernels) or SGD with momentum b1 and the same decay, optional clipping."""
+  if optim_cfg.name == "adamw":
+    tx = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
+                     mask=decay_mask)
+  elif optim_cfg.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
+                     optax.sgd(schedule, momentum=optim_cfg.b1 or None))
+  else:
+    raise ValueError(f"unknown optimizer optim.name={optim_cfg.name!r}; choose from {OPTIMIZERS}")
   if optim_cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
   return tx

@@ -53,14 +53,18 @@ def make_train_step(config, schedule):
       loss = optax.softmax_cross_entropy(logits, targets).mean()
       return loss, (logits, batch_stats)
 
-    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Under shard_map, replicated (axis-invariant) parameters get an implicit psum in the backward pass
+    # (the transpose of their broadcast to the varying data), which would turn the pmean below into an
+    # N-fold sum. Marking them varying keeps per-device gradients, and one explicit reduction, in both modes.
+    params = jax.lax.pcast(state.params, AXIS, to="varying")
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     grads = jax.lax.pmean(grads, AXIS)
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "lr": schedule(state.step),
     }
     return new_state, jax.lax.pmean(metrics, AXIS)

@@ -1,0 +1,167 @@
+"""Training: pmap == shard_map == one device; SIGKILL + resume == uninterrupted; every config's smoke
+variant runs; clear errors before compilation."""
+import importlib.util
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from apvit_jax.data import batches
+from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import loop, step as step_lib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
+
+
+def load_config(name, arg="smoke"):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(arg)
+
+
+def tiny_config(**overrides):
+  c = load_config("quickstart")
+  c.data.num_train, c.data.num_test = 64, 40
+  c.progress_bar = False
+  c.checkpoint.async_save = False
+  for k, v in overrides.items():
+    node = c
+    *parents, leaf = k.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def run_steps(config, devices, num_steps=2):
+  """num_steps train steps from the same initial state; -> (losses, host params)."""
+  run = loop.setup(config, devices=devices)
+  par = run.par
+  state = par.replicate(run.state)
+  data = loop.device_data(run, run.dataset.train)
+  train_step = par.compile(step_lib.make_train_step(config, run.schedule), num_args=4,
+                           broadcast_last=True)
+  key = jax.random.fold_in(jax.random.key(config.seed), 1)
+  losses = []
+  for s in range(num_steps):
+    idx = batches.train_indices(config.seed, s, len(run.dataset.train), config.batch_size)
+    batch = par.shard(loop.host_batch(run.dataset.train, idx, np.arange(config.batch_size)))
+    state, metrics = train_step(state, data, batch, key)
+    losses.append(par.metrics(metrics)["loss"])
+  return np.array(losses), par.unreplicate(state.params)
+
+
+def test_pmap_shard_map_and_one_device_agree():
+  assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  # Augmentation on (crop + flip + rotation): its keys come from global batch positions.
+  # SGD: the update is lr * gradient, so a wrong gradient reduction (psum for pmean, a missing
+  # collective) shows in the parameters; Adam's scale invariance or norm clipping would hide it.
+  config = tiny_config(**{"augment.crop_padding": 2, "augment.flip": True, "augment.rotate_degrees": 10.0,
+                          "optim.name": "sgd", "optim.lr": 0.1, "optim.grad_clip": 0.0})
+  loss_p, params_p = run_steps(config, jax.devices())
+  config.parallel = "shard_map"
+  loss_s, params_s = run_steps(config, jax.devices())
+  config.parallel = "pmap"
+  loss_1, params_1 = run_steps(config, jax.devices()[:1])
+  # Same arithmetic, different reduction order over 8 shards: float32 rounding only.
+  np.testing.assert_allclose(loss_p, loss_1, rtol=1e-5)
+  np.testing.assert_allclose(loss_s, loss_1, rtol=1e-5)
+  assert loss_1[1] != loss_1[0]  # the second step saw updated parameters
+  for a, b, c in zip(jax.tree.leaves(params_p), jax.tree.leaves(params_s), jax.tree.leaves(params_1)):
+    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(b, c, rtol=1e-4, atol=1e-6)
+
+
+def train_cmd(workdir, *extra):
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:smoke",
+          f"--workdir={workdir}", "--config.progress_bar=False", "--config.data.num_train=32",
+          "--config.total_steps=60", *extra]
+
+
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+  # Uninterrupted reference run.
+  ref = subprocess.run(train_cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True)
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  # Run killed with SIGKILL as soon as a checkpoint past step 4 is complete, then re-run.
+  work = tmp_path / "killed"
+  proc = subprocess.Popen(train_cmd(work), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    done = [int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+    if any(s >= 6 for s in done):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+  assert killed_at < 60, "the run finished before it could be killed; make it longer"
+  resumed = subprocess.run(train_cmd(work), cwd=ROOT, env=env, capture_output=True, text=True)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  start = int(resumed.stdout.split("starting at step ")[1].split()[0])
+  assert 6 <= start < 60
+  # Final parameters and optimizer state equal the uninterrupted run's.
+  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
+  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
+  final = [ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work)]
+  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
+  result = loop.evaluate_checkpoint(config, work)
+  logged = [r for r in ckpt_lib_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
+  assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
+
+
+def ckpt_lib_metrics(workdir):
+  from apvit_jax.training.metrics import MetricWriter
+  return MetricWriter(workdir).read()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_every_config_smoke(path, tmp_path):
+  doc = path.read_text()
+  assert "python train.py --config=configs/" in doc, f"{path.name}: docstring must give the command"
+  config = load_config(path.stem)
+  config.progress_bar = False
+  summary = loop.train_and_evaluate(config, tmp_path)
+  assert summary["final_step"] == config.total_steps
+  assert 0.0 <= summary["best_accuracy"] <= 1.0
+  assert (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"model.patch_size": 7}, "not divisible by patch size 7"),
+    ({"batch_size": 12}, "not divisible by the device count"),
+    ({"data.name": "imagenet"}, "unknown dataset name 'imagenet'"),
+    ({"model.name": "resnet"}, "unknown model name 'resnet'"),
+    ({"model.variant": "Q/8"}, "unknown ViT variant 'Q/8'"),
+    ({"parallel": "pjit"}, "unknown parallel mode 'pjit'"),
+    ({"data.name": "cifar10_raw", "data.data_dir": "/nonexistent"}, "missing data files"),
+])
+def test_clear_errors(override, message):
+  with pytest.raises(ValueError, match=message):
+    loop.setup(tiny_config(**override))
+
+
+def test_mismatched_checkpoint_is_refused_and_kept(tmp_path):
+  loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
+  before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+  with pytest.raises(ckpt_lib.CheckpointMismatch, match="does not match"):
+    loop.train_and_evaluate(tiny_config(total_steps=8, **{"model.variant": "Ti/8"}), tmp_path)
+  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_unknown_config_field_on_command_line(tmp_path):
+  out = subprocess.run(train_cmd(tmp_path, "--config.modle.variant=S/8"), cwd=ROOT, capture_output=True,
+                       text=True)
+  assert out.returncode != 0 and "modle" in out.stderr
+  assert not (tmp_path / "checkpoints").exists()
