@@ -1,6 +1,5 @@
 """Float64 NumPy forward pass of our ViT parameter tree (grid front-end, learned posemb, cls token)."""
 import numpy as np
-from scipy.special import erf
 
 
 def layer_norm(x, p, eps=1e-6):
