@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.0
   c.model.drop_path = 0.0
   c.model.dtype = "float32"    # compute dtype; parameters stay float32. "bfloat16" on GPU/TPU
-  c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16, else XLA; or "xla", "cudnn"
+  c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16 where it takes the shapes, else XLA
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"       # or "sgd" (momentum = b1)
@@ -61,6 +61,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.async_save = True
+  c.checkpoint.keep_latest = 1   # the best-by-test-accuracy step is kept as well
   return c
 
 

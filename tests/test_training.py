@@ -1,6 +1,7 @@
 """Training: pmap == shard_map == one device; SIGKILL + resume == uninterrupted; every config's smoke
 variant runs; clear errors before compilation."""
 import importlib.util
+import json
 import os
 import pathlib
 import signal
@@ -8,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -75,9 +77,8 @@ def test_pmap_shard_map_and_one_device_agree():
   np.testing.assert_allclose(loss_p, loss_1, rtol=1e-5)
   np.testing.assert_allclose(loss_s, loss_1, rtol=1e-5)
   assert loss_1[1] != loss_1[0]  # the second step saw updated parameters
-  for a, b, c in zip(jax.tree.leaves(params_p), jax.tree.leaves(params_s), jax.tree.leaves(params_1)):
-    np.testing.assert_allclose(a, c, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(b, c, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(params_p, params_1, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(params_s, params_1, rtol=1e-4, atol=1e-6)
 
 
 def train_cmd(workdir, *extra):
@@ -113,8 +114,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
   target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
   final = [ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work)]
-  for a, b in zip(jax.tree.leaves(final[0]), jax.tree.leaves(final[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(final[0], final[1], rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
   result = loop.evaluate_checkpoint(config, work)
   logged = [r for r in ckpt_lib_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
@@ -152,12 +152,39 @@ def test_clear_errors(override, message):
     loop.setup(tiny_config(**override))
 
 
+def test_shard_map_run_resumes_under_pmap(tmp_path):
+  """A checkpoint written under shard_map resumes under pmap and continues as one uninterrupted run."""
+  loop.train_and_evaluate(tiny_config(total_steps=8, parallel="shard_map"), tmp_path / "ref")
+  keep = {"checkpoint.keep_latest": 2}
+  loop.train_and_evaluate(tiny_config(total_steps=8, parallel="shard_map", **keep), tmp_path / "mixed")
+  # Move the final checkpoint aside, so the latest is the one at the end of epoch 1 (step 4).
+  (tmp_path / "mixed" / "checkpoints" / "8").rename(tmp_path / "mixed" / "8.moved")
+  summary = loop.train_and_evaluate(tiny_config(total_steps=8, parallel="pmap", **keep), tmp_path / "mixed")
+  assert summary["final_step"] == 8
+  starts = [json.loads(line)["start_step"] for line in (tmp_path / "mixed" / "runs.jsonl").open()]
+  assert starts == [0, 4]
+  config = tiny_config(total_steps=8)
+  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
+  a, b = (ckpt_lib.Checkpointer(tmp_path / d, read_only=True).restore(8, target) for d in ("ref", "mixed"))
+  assert int(b["step"]) == 8
+  chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_mismatched_checkpoint_is_refused_and_kept(tmp_path):
   loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
   with pytest.raises(ckpt_lib.CheckpointMismatch, match="does not match"):
     loop.train_and_evaluate(tiny_config(total_steps=8, **{"model.variant": "Ti/8"}), tmp_path)
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
+
+
+def test_rerunning_a_finished_run_changes_nothing(tmp_path):
+  config = tiny_config(total_steps=4)
+  loop.train_and_evaluate(config, tmp_path)
+  before = {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")}
+  summary = loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
+  assert summary["final_step"] == 4
+  assert {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")} == before
 
 
 def test_unknown_config_field_on_command_line(tmp_path):

@@ -77,3 +77,15 @@ def test_patch_size_must_divide_image():
   model = ViT(num_classes=2, width=16, depth=1, num_heads=2, patch_size=5)
   with pytest.raises(ValueError, match="not divisible by patch size 5"):
     model.init(jax.random.key(0), jnp.ones((1, 8, 8, 3)), train=False)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="cuDNN fused attention needs an NVIDIA GPU")
+@pytest.mark.parametrize("seq", [64, 65, 257])
+def test_cudnn_attention_matches_xla(seq):
+  from apvit_jax.models.vit import dot_product_attention
+  rng = np.random.default_rng()
+  q, k, v = (jnp.asarray(rng.normal(size=(4, seq, 3, 64)), jnp.bfloat16) for _ in range(3))
+  want = np.asarray(dot_product_attention(q, k, v, "xla"), np.float32)
+  got = np.asarray(dot_product_attention(q, k, v, "auto"), np.float32)
+  # bf16 inputs and outputs; the two kernels accumulate in different orders.
+  np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)

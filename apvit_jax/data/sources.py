@@ -253,8 +253,8 @@ def load_tfds(name: str, data_dir: str | None, image_size: int | None, in_memory
                for s in ("train", test_split)}
   except Exception as e:
     raise DataError(f"tfds dataset {name!r} is not prepared in {data_dir or '~/tensorflow_datasets'} "
-                    f"({type(e).__name__}: {e}). Prepare it once with internet and TensorFlow: "
-                    f"`tfds build {name}`") from e
+                    f"in the array_record format ({type(e).__name__}: {e}). Prepare it once with internet and "
+                    f"TensorFlow: `tfds build {name} --file_format=array_record`") from e
   shape = info.features["image"].shape
   channels = shape[-1] or 3
   if not in_memory or shape[0] is None:

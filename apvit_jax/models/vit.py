@@ -36,18 +36,29 @@ def decode_variant(variant: str) -> dict[str, int]:
   return dict(width=width, depth=depth, num_heads=heads, patch_size=int(m.group(2)))
 
 
-def attention_implementation(dtype) -> str | None:
-  """cuDNN fused attention on GPU for half precision (its requirement); XLA elsewhere."""
-  if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-    return "cudnn"
-  return None
+def dot_product_attention(q, k, v, implementation: str | None):
+  """`jax.nn.dot_product_attention` on (B, T, heads, head_dim).
+
+  implementation "auto": cuDNN's fused kernel on GPU in half precision where it takes the shapes
+  (its checks run at trace time and raise NotImplementedError, e.g. for odd sequence lengths such as
+  64 patches + cls in some cuDNN versions), else XLA. "cudnn" or "xla" force one; "cudnn" then fails
+  loudly on shapes it does not take.
+  """
+  if implementation == "auto":
+    if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
+      try:
+        return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
+      except NotImplementedError:
+        pass
+    implementation = "xla"
+  return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 
 
 class MultiHeadAttention(nn.Module):
   """Self-attention through `jax.nn.dot_product_attention`. x (B, T, D) -> (B, T, D)."""
   num_heads: int
   dtype: Any = jnp.float32
-  implementation: str | None = None
+  implementation: str = "auto"
 
   @nn.compact
   def __call__(self, x):
@@ -57,7 +68,7 @@ class MultiHeadAttention(nn.Module):
     dense = lambda name: nn.DenseGeneral((self.num_heads, d // self.num_heads), dtype=self.dtype,
                                          kernel_init=nn.initializers.xavier_uniform(), name=name)
     q, k, v = dense("query")(x), dense("key")(x), dense("value")(x)  # (B, T, heads, head_dim)
-    y = jax.nn.dot_product_attention(q, k, v, implementation=self.implementation)
+    y = dot_product_attention(q, k, v, self.implementation)
     return nn.DenseGeneral(d, axis=(-2, -1), dtype=self.dtype,
                            kernel_init=nn.initializers.xavier_uniform(), name="out")(y)
 
@@ -98,7 +109,7 @@ class EncoderBlock(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   dtype: Any = jnp.float32
-  attention_impl: str | None = None
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -122,7 +133,7 @@ class Encoder(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   dtype: Any = jnp.float32
-  attention_impl: str | None = None
+  attention_impl: str = "auto"
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -175,7 +186,7 @@ class ViT(nn.Module):
   dropout: float = 0.0
   drop_path: float = 0.0
   dtype: Any = jnp.float32
-  attention_impl: str | None = "auto"
+  attention_impl: str = "auto"
   front_end: Callable[..., Any] | None = None
 
   @nn.compact
@@ -192,9 +203,8 @@ class ViT(nn.Module):
       cls_pos = self.param("cls_pos_embedding", nn.initializers.normal(0.02), (1, 1, d))
       x = jnp.concatenate([jnp.broadcast_to((cls + cls_pos).astype(x.dtype), (b, 1, d)), x], axis=1)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
-    impl = attention_implementation(self.dtype) if self.attention_impl == "auto" else self.attention_impl
     x = Encoder(self.depth, self.num_heads, self.mlp_ratio * d, self.dropout, self.drop_path,
-                self.dtype, impl, name="encoder")(x, train=train)
+                self.dtype, self.attention_impl, name="encoder")(x, train=train)
     pre_logits = x[:, 0] if self.pool == "token" else x.mean(axis=1)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name="head")(pre_logits)

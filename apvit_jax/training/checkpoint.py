@@ -18,16 +18,18 @@ class CheckpointMismatch(ValueError):
 
 def state_to_save(state) -> dict:
   """The parts of a TrainState that a checkpoint holds (functions and static fields are rebuilt)."""
-  return {"step": np.asarray(state.step, np.int64) if np.ndim(state.step) == 0 else state.step,
+  step = state.step if isinstance(state.step, jax.Array) else np.asarray(state.step, np.int64)
+  return {"step": step,
           "params": state.params, "opt_state": state.opt_state, "batch_stats": state.batch_stats}
 
 
 class Checkpointer:
-  def __init__(self, workdir: str | pathlib.Path, *, async_save: bool = True, read_only: bool = False):
+  def __init__(self, workdir: str | pathlib.Path, *, async_save: bool = True, read_only: bool = False,
+               keep_latest: int = 1):
     self.directory = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
-            policies.LatestN(1),
+            policies.LatestN(keep_latest),
             policies.BestN(get_metric_fn=lambda m: m[METRIC], n=1)]),
         best_fn=lambda m: m[METRIC], best_mode="max",
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)

@@ -121,13 +121,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
   is_main = jax.process_index() == 0
   if is_main:
     workdir.mkdir(parents=True, exist_ok=True)
-  ckpt = ckpt_lib.Checkpointer(workdir, async_save=config.checkpoint.async_save)
+  ckpt = ckpt_lib.Checkpointer(workdir, async_save=config.checkpoint.async_save,
+                              keep_latest=config.checkpoint.keep_latest)
   state = run.state
   latest = ckpt.latest_step()
   if latest is not None:
     state = restore(run, ckpt, latest)  # raises before anything in workdir is written
   start_step = int(state.step)
   writer = MetricWriter(workdir)
+  if start_step >= run.total_steps:
+    ckpt.close()
+    done = [r for r in writer.read() if r["split"] == "summary"]
+    if is_main:
+      print(f"nothing to do: {workdir} already holds a run finished at step {start_step} "
+            f"(total_steps={run.total_steps}); raise num_epochs/total_steps to continue it")
+    return done[-1] if done else {"final_step": start_step}
   if is_main:
     for line in summary_lines(run, workdir, start_step):
       print(line, flush=True)

@@ -73,9 +73,12 @@ class Parallel:
 
   def unreplicate(self, tree):
     """Replicated device tree -> host NumPy tree (one copy)."""
-    if self.mode == "pmap":
-      return jax.tree.map(lambda x: np.asarray(x.addressable_data(0))[0], tree)
-    return jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), tree)
+    def one_copy(x):
+      if not isinstance(x, jax.Array):
+        return np.asarray(x)
+      local = np.asarray(x.addressable_data(0))
+      return local[0] if self.mode == "pmap" else local
+    return jax.tree.map(one_copy, tree)
 
   def shard(self, tree):
     """This host's slice of a global batch, leaves (local_B, ...) -> device layout."""
