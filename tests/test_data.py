@@ -39,6 +39,27 @@ def test_cifar10_batches(shared_data):
                                                             for k in range(3)]
 
 
+def test_cifar100_official_layout(tmp_path):
+  """A synthetic CIFAR-100 in the official pickle layout: bytes keys, R/G/B planes, fine labels."""
+  rng = np.random.default_rng()
+  folder = tmp_path / "cifar-100-python"
+  folder.mkdir()
+  images = {}
+  for split, n in (("train", 6), ("test", 4)):
+    images[split] = rng.integers(0, 256, (n, 32, 32, 3)).astype(np.uint8)
+    record = {b"data": images[split].transpose(0, 3, 1, 2).reshape(n, 3072),
+              b"fine_labels": rng.integers(0, 100, n).tolist(), b"coarse_labels": [0] * n}
+    with open(folder / split, "wb") as f:
+      pickle.dump(record, f, protocol=4)
+  ds = sources.load_cifar(tmp_path, 100)
+  np.testing.assert_array_equal(ds.train.images, images["train"])
+  np.testing.assert_array_equal(ds.test.images, images["test"])
+  assert ds.num_classes == 100
+  (folder / "test").write_bytes(b"not a pickle")
+  with pytest.raises(sources.DataError, match="cannot read CIFAR batch"):
+    sources.load_cifar(folder, 100)
+
+
 def write_idx(path, array):
   header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
   with gzip.open(path, "wb") as f:

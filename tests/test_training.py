@@ -119,6 +119,25 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   result = loop.evaluate_checkpoint(config, work)
   logged = [r for r in ckpt_lib_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
+  # The eval.py command line gives the same and writes its JSON.
+  cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--config=configs/quickstart.py:smoke",
+                        f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60"],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  assert cli.returncode == 0, cli.stderr[-2000:]
+  written = json.loads((work / f"eval_{result['step']}_test.json").read_text())
+  assert written["accuracy"] == result["accuracy"] and written["count"] == 40
+
+
+def test_streaming_tfds_source_trains(tmp_path):
+  """Host-fed batches (a tfds source read on demand, resized on the host) through the same step."""
+  tfds = pytest.importorskip("tensorflow_datasets")
+  config = tiny_config(**{"data.name": "tfds:imagenet2012", "data.in_memory": False,
+                          "data.image_size": 24, "total_steps": 4, "batch_size": 8})
+  with tfds.testing.mock_data(num_examples=24):
+    summary = loop.train_and_evaluate(config, tmp_path)
+  assert summary["final_step"] == 4 and 0.0 <= summary["best_accuracy"] <= 1.0
+  tests = [r for r in ckpt_lib_metrics(tmp_path) if r["split"] == "test"]
+  assert tests and all(r["count"] == 24 for r in tests)
 
 
 def ckpt_lib_metrics(workdir):

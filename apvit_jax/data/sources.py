@@ -29,6 +29,10 @@ class Split:
   def __len__(self):
     return len(self.labels)
 
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return tuple(self.images.shape[1:])
+
 
 @dataclasses.dataclass
 class Dataset:
@@ -39,7 +43,7 @@ class Dataset:
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
-    return tuple(self.train.images.shape[1:])
+    return self.train.image_shape
 
 
 class DataError(ValueError):
@@ -210,6 +214,10 @@ class StreamingSplit:
 
   def __len__(self):
     return len(self.source)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.image_size, self.image_size, self.channels)
 
   def get(self, indices):
     from PIL import Image
