@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from apvit_jax.models.vit import ViT, decode_variant
+from apvit_jax.models.posembed import sincos2d
+from apvit_jax.models.vit import DropPath, ViT, decode_variant
 import numpy_vit
 
 
@@ -89,3 +90,25 @@ def test_cudnn_attention_matches_xla(seq):
   got = np.asarray(dot_product_attention(q, k, v, "auto"), np.float32)
   # bf16 inputs and outputs; the two kernels accumulate in different orders.
   np.testing.assert_allclose(got, want, rtol=2e-2, atol=2e-2)
+
+
+def test_sincos2d_formula():
+  h, w, d = 3, 5, 16
+  got = sincos2d(h, w, d)[0]
+  q = d // 4
+  omega = 1.0 / 10_000.0 ** (np.arange(q) / (q - 1))
+  for y in range(h):
+    for x in range(w):
+      want = np.concatenate([np.sin(x * omega), np.cos(x * omega), np.sin(y * omega), np.cos(y * omega)])
+      np.testing.assert_allclose(got[y * w + x], want, rtol=1e-6, atol=1e-6)
+  assert len({tuple(r) for r in np.round(got, 6)}) == h * w  # every position distinct
+
+
+def test_drop_path_drops_whole_examples_and_keeps_the_mean():
+  x = jnp.asarray(np.random.default_rng().normal(size=(4000, 3, 2)), jnp.float32)
+  y = np.asarray(DropPath(0.25).apply({}, x, train=True, rngs={"dropout": jax.random.key(0)}))
+  dropped = np.all(y == 0, axis=(1, 2))
+  np.testing.assert_allclose(y[~dropped], np.asarray(x)[~dropped] / 0.75, rtol=1e-6)
+  # 4000 Bernoulli(0.25) draws: standard deviation 0.007, so +-0.03 fails with probability < 1e-4.
+  assert abs(dropped.mean() - 0.25) < 0.03
+  np.testing.assert_array_equal(np.asarray(DropPath(0.25).apply({}, x, train=False)), np.asarray(x))

@@ -8,8 +8,11 @@ or, for datasets too large for memory (tfds `in_memory=False`), a `StreamingSpli
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
+import functools
 import gzip
+import os
 import pathlib
 import pickle
 import struct
@@ -219,24 +222,32 @@ class StreamingSplit:
   def image_shape(self) -> tuple[int, int, int]:
     return (self.image_size, self.image_size, self.channels)
 
-  def get(self, indices):
+  def _read(self, index: int):
+    """One record -> (image (S, S, C) uint8, label): short side resized to S, then centre crop."""
     from PIL import Image
-    records = [self.source[int(i)] for i in indices]
-    images = np.empty((len(records), self.image_size, self.image_size, self.channels), np.uint8)
-    for k, r in enumerate(records):
-      im = np.asarray(r["image"])
-      if im.shape[:2] != (self.image_size, self.image_size):
-        # Resize the short side, then centre crop: the usual evaluation transform.
-        h, w = im.shape[:2]
-        s = self.image_size / min(h, w)
-        pil = Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im)
-        pil = pil.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))),
-                         Image.BILINEAR)
-        im = np.asarray(pil).reshape(pil.size[1], pil.size[0], -1)
-        top, left = (im.shape[0] - self.image_size) // 2, (im.shape[1] - self.image_size) // 2
-        im = im[top:top + self.image_size, left:left + self.image_size]
-      images[k] = im
-    return images, np.asarray([r["label"] for r in records], np.int32)
+    record = self.source[int(index)]
+    im = np.asarray(record["image"])
+    if im.shape[:2] != (self.image_size, self.image_size):
+      h, w = im.shape[:2]
+      s = self.image_size / min(h, w)
+      pil = Image.fromarray(im.squeeze(-1) if im.shape[-1] == 1 else im)
+      pil = pil.resize((max(self.image_size, round(w * s)), max(self.image_size, round(h * s))),
+                       Image.BILINEAR)
+      im = np.asarray(pil).reshape(pil.size[1], pil.size[0], -1)
+      top, left = (im.shape[0] - self.image_size) // 2, (im.shape[1] - self.image_size) // 2
+      im = im[top:top + self.image_size, left:left + self.image_size]
+    return im, record["label"]
+
+  def get(self, indices):
+    # Record reads, JPEG decoding and PIL resizing release the GIL: threads scale over host cores.
+    records = list(_decode_pool().map(self._read, indices))
+    images = np.stack([im for im, _ in records]).astype(np.uint8)
+    return images, np.asarray([label for _, label in records], np.int32)
+
+
+@functools.lru_cache(maxsize=1)
+def _decode_pool() -> concurrent.futures.ThreadPoolExecutor:
+  return concurrent.futures.ThreadPoolExecutor(max_workers=min(32, os.cpu_count() or 1))
 
 
 def load_tfds(name: str, data_dir: str | None, image_size: int | None, in_memory: bool = True):
