@@ -117,7 +117,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   chex.assert_trees_all_close(final[0], final[1], rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
   result = loop.evaluate_checkpoint(config, work)
-  logged = [r for r in ckpt_lib_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
+  logged = [r for r in logged_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--config=configs/quickstart.py:smoke",
@@ -136,11 +136,11 @@ def test_streaming_tfds_source_trains(tmp_path):
   with tfds.testing.mock_data(num_examples=24):
     summary = loop.train_and_evaluate(config, tmp_path)
   assert summary["final_step"] == 4 and 0.0 <= summary["best_accuracy"] <= 1.0
-  tests = [r for r in ckpt_lib_metrics(tmp_path) if r["split"] == "test"]
+  tests = [r for r in logged_metrics(tmp_path) if r["split"] == "test"]
   assert tests and all(r["count"] == 24 for r in tests)
 
 
-def ckpt_lib_metrics(workdir):
+def logged_metrics(workdir):
   from apvit_jax.training.metrics import MetricWriter
   return MetricWriter(workdir).read()
 
