@@ -42,12 +42,35 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.name = "vit"
   c.model.variant = "Ti/16"    # NAME/PATCH, NAME in mu, Ti, S, M, B, L
   c.model.patch_size = 0       # > 0 overrides the variant's patch size
+  c.model.width = 0            # > 0 overrides the variant's width (likewise depth, num_heads)
+  c.model.depth = 0
+  c.model.num_heads = 0
+  c.model.mlp_ratio = 4
   c.model.posemb = "learn"     # or "sincos2d"
   c.model.pool = "token"       # or "gap"
   c.model.dropout = 0.0
   c.model.drop_path = 0.0
   c.model.dtype = "float32"    # compute dtype; parameters stay float32. "bfloat16" on GPU/TPU
   c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16 where it takes the shapes, else XLA
+  c.model.front_end = "grid"   # "grid" (ViT, PiT) or "adaptive" (DPS-ViT, APViT: model.adaptive.*)
+
+  a = c.model.adaptive = ml_collections.ConfigDict()  # see apvit_jax/models/adaptive.py
+  a.num_patches = 0            # 0: the ViT grid's count
+  a.transform = "translate"    # translate (DPS) | scale | aniso_scale | scale_rotate (APViT) |
+                               # aniso_scale_rotate | affine | projective  (apvit_jax/patch_params.py)
+  a.bound = "tanh"             # translation bound: "tanh" (published) or "reflect" (reaches the border)
+  a.max_scale = 0.5
+  a.max_perspective = 0.25     # projective only
+  a.stn = "dps"                # localisation net: "dps" (conv + channel attention) or "cnn"
+  a.stn_hidden = 32
+  a.stn_attn_width = 256
+  a.stn_attn_heads = 4
+  a.stn_dropout = 0.0
+  a.head_hidden = 0            # > 0: a hidden ReLU layer in the per-patch head
+  a.identity_init = False      # start on the regular ViT grid (needs bound="reflect")
+  a.posemb = "interpolate"     # interpolate (APViT) | translation (DPS, concatenated) | learn | none
+  a.pos_dim = 32               # posemb="translation": width of the concatenated code
+  a.posemb_lookup = "cell_centres"  # or "seed" (the published align-corners mapping)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"       # or "sgd" (momentum = b1)
@@ -56,7 +79,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.b2 = 0.999
   c.optim.weight_decay = 0.05
   c.optim.warmup_epochs = 1.0
+  c.optim.schedule = "cosine"  # after warm-up: "cosine" (one decay) or "cosine_restarts" (SGDR)
   c.optim.end_lr_ratio = 0.0   # cosine decays to lr * end_lr_ratio
+  c.optim.restart_epochs = 40.0  # cosine_restarts: first cycle length, each next one restart_mult x
+  c.optim.restart_mult = 2.0
+  c.optim.stn_lr_ratio = 1.0   # learning rate of the localisation network (params under "stn") x this
   c.optim.grad_clip = 1.0      # global-norm clipping; 0 disables
 
   c.checkpoint = ml_collections.ConfigDict()
@@ -68,7 +95,12 @@ def base_config() -> ml_collections.ConfigDict:
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """A tiny model and a few steps on offline data: under a minute on CPU."""
   c.model.variant = "mu/" + c.model.variant.split("/")[1]
+  c.model.width = c.model.depth = c.model.num_heads = 0
   c.model.dtype = "float32"
+  a = c.model.adaptive
+  a.stn_hidden, a.stn_attn_width = min(a.stn_hidden, 8), min(a.stn_attn_width, 32)
+  a.head_hidden = min(a.head_hidden, 16)
+  a.pos_dim = min(a.pos_dim, 16)
   c.total_steps = 6
   c.batch_size = 16
   c.log_every_steps = 2

@@ -39,14 +39,35 @@ def affine_grid(theta: jax.Array, size: Sequence[int], align_corners: bool = Fal
   """
   if theta.shape[-2:] != (2, 3):
     raise ValueError(f"affine_grid: theta must have shape (..., 2, 3), got {theta.shape}")
+  return _map_base_grid(theta, size, align_corners)
+
+
+def _map_base_grid(rows: jax.Array, size: Sequence[int], align_corners: bool) -> jax.Array:
+  """rows (..., K, 3) applied to every output pixel's (x, y, 1) -> (..., P_h, P_w, K), float32+."""
   ph, pw = (int(s) for s in size)
-  dtype = _coord_dtype(theta)
-  theta = theta.astype(dtype)
+  dtype = _coord_dtype(rows)
+  rows = rows.astype(dtype)
   xs = _base_coords(pw, align_corners, dtype)
   ys = _base_coords(ph, align_corners, dtype)
-  t = theta[..., None, None, :, :]  # (..., 1, 1, 2, 3)
+  t = rows[..., None, None, :, :]  # (..., 1, 1, K, 3)
   # Written out rather than as a matmul so the ViT-grid case stays bit-exact (no accumulation reordering).
   return (t[..., 0] * xs[None, :, None] + t[..., 1] * ys[:, None, None] + t[..., 2])
+
+
+def homography_grid(h: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
+  """Sampling grid for projective maps: (x, y) = (H[0] . p, H[1] . p) / (H[2] . p) with p = (x, y, 1).
+
+  Args:
+    h: (..., 3, 3) homographies from output coordinates to input coordinates. A bottom row (0, 0, 1)
+      gives exactly `affine_grid(h[..., :2, :])`.
+    size: (P_h, P_w) of the output.
+  Returns:
+    (..., P_h, P_w, 2) normalised input coordinates (x, y).
+  """
+  if h.shape[-2:] != (3, 3):
+    raise ValueError(f"homography_grid: h must have shape (..., 3, 3), got {h.shape}")
+  xyw = _map_base_grid(h, size, align_corners)  # (..., P_h, P_w, 3) homogeneous coordinates
+  return xyw[..., :2] / xyw[..., 2:]
 
 
 def _unnormalise(coord: jax.Array, n: int, align_corners: bool) -> jax.Array:
@@ -102,20 +123,24 @@ def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
 
 def sample_patches(images: jax.Array, theta: jax.Array, patch_size: int | Sequence[int], *,
                    align_corners: bool = False, padding_mode: str = "zeros") -> jax.Array:
-  """Cuts N affine patches out of each image.
+  """Cuts N affine (or projective) patches out of each image.
 
   Args:
     images: (B, H, W, C).
-    theta: (B, N, 2, 3) one affine map per patch (output patch coords -> image coords).
+    theta: (B, N, 2, 3) one affine map per patch (output patch coords -> image coords), or
+      (B, N, 3, 3) one homography per patch.
     patch_size: P or (P_h, P_w).
   Returns:
     (B, N, P_h, P_w, C).
   """
-  if theta.ndim != 4 or theta.shape[-2:] != (2, 3) or theta.shape[0] != images.shape[0]:
-    raise ValueError(f"sample_patches: theta must be (B, N, 2, 3) with B={images.shape[0]}, "
-                     f"got {theta.shape}")
+  if theta.ndim != 4 or theta.shape[-2:] not in ((2, 3), (3, 3)) or theta.shape[0] != images.shape[0]:
+    raise ValueError(f"sample_patches: theta must be (B, N, 2, 3) or (B, N, 3, 3) with "
+                     f"B={images.shape[0]}, got {theta.shape}")
   size = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-  grid = affine_grid(theta, size, align_corners=align_corners)
+  if theta.shape[-2] == 3:
+    grid = homography_grid(theta, size, align_corners=align_corners)
+  else:
+    grid = affine_grid(theta, size, align_corners=align_corners)
   return grid_sample(images, grid, padding_mode=padding_mode, align_corners=align_corners)
 
 

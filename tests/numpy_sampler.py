@@ -19,6 +19,14 @@ def affine_grid(theta, ph, pw, align_corners):
   return out
 
 
+def homography_grid(h, ph, pw):
+  """h (..., 3, 3) -> grid (..., ph, pw, 2): the affine grid of the top rows over the bottom row's."""
+  h = np.asarray(h, np.float64)
+  xy = affine_grid(h[..., :2, :], ph, pw, False)
+  w = affine_grid(np.concatenate([h[..., 2:, :], h[..., 2:, :]], -2), ph, pw, False)[..., :1]
+  return xy / w
+
+
 def grid_sample(images, grid, padding_mode, align_corners):
   """images (B, H, W, C), grid (B, ..., 2) -> (B, ..., C)."""
   images = np.asarray(images, np.float64)

@@ -122,8 +122,33 @@ def test_bfloat16():
 
 def test_bad_shapes_raise():
   with pytest.raises(ValueError, match="theta"):
-    sampler.sample_patches(jnp.ones((2, 8, 8, 3)), jnp.ones((2, 4, 3, 3)), 4)
+    sampler.sample_patches(jnp.ones((2, 8, 8, 3)), jnp.ones((2, 4, 3, 4)), 4)
+  with pytest.raises(ValueError, match="theta"):
+    sampler.sample_patches(jnp.ones((2, 8, 8, 3)), jnp.ones((3, 4, 2, 3)), 4)
   with pytest.raises(ValueError, match="padding_mode"):
     sampler.grid_sample(jnp.ones((1, 8, 8, 3)), jnp.ones((1, 2, 2)), padding_mode="reflect")
   with pytest.raises(ValueError, match="divisible"):
     sampler.regular_grid_theta((30, 32), 8)
+
+
+def test_homography_grid_matches_numpy():
+  rng = np.random.default_rng(11)
+  h = np.concatenate([random_theta(rng, (2, 3)), np.zeros((2, 3, 1, 3))], axis=-2)
+  h[..., 2, :2] = rng.uniform(-0.3, 0.3, (2, 3, 2))
+  h[..., 2, 2] = rng.uniform(0.8, 1.2, (2, 3))
+  got = sampler.homography_grid(jnp.asarray(h, jnp.float32), (4, 5))
+  want = ref.homography_grid(h, 4, 5)
+  np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-5, atol=1e-6)
+  images = rng.normal(size=(2, 9, 11, 3))
+  got = sampler.sample_patches(jnp.asarray(images, jnp.float32), jnp.asarray(h, jnp.float32), (4, 5))
+  np.testing.assert_allclose(np.asarray(got, np.float64),
+                             ref.grid_sample(images, want, "zeros", False), rtol=1e-5, atol=1e-5)
+
+
+def test_identity_homography_equals_affine():
+  rng = np.random.default_rng(12)
+  theta = random_theta(rng, (2, 6)).astype(np.float32)
+  h = np.concatenate([theta, np.broadcast_to(np.array([0, 0, 1], np.float32), (2, 6, 1, 3))], -2)
+  images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(sampler.sample_patches(images, jnp.asarray(h), 4)),
+                                np.asarray(sampler.sample_patches(images, jnp.asarray(theta), 4)))

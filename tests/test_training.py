@@ -161,7 +161,7 @@ def test_every_config_smoke(path, tmp_path):
     ({"model.patch_size": 7}, "not divisible by patch size 7"),
     ({"batch_size": 12}, "not divisible by the device count"),
     ({"data.name": "imagenet"}, "unknown dataset name 'imagenet'"),
-    ({"model.name": "resnet"}, "unknown model name 'resnet'"),
+    ({"model.name": "resnet"}, "unknown model.name='resnet'"),
     ({"model.variant": "Q/8"}, "unknown ViT variant 'Q/8'"),
     ({"parallel": "pjit"}, "unknown parallel mode 'pjit'"),
     ({"data.name": "cifar10_raw", "data.data_dir": "/nonexistent"}, "missing data files"),

@@ -1,11 +1,20 @@
-"""Positional codes: learned grids and fixed 2-D sin-cos embeddings, shape (1, N, D)."""
+"""Positional codes: learned grids and fixed 2-D sin-cos embeddings (1, N, D); for patches placed
+anywhere, a bilinear lookup in such a grid at the patch centre (APViT) or a linear code of the centre
+(DPS-ViT)."""
 from __future__ import annotations
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apvit_jax import sampler
+
 POSEMB_KINDS = ("learn", "sincos2d")
+# Where a centre t in [-1, 1] lands in a G-cell grid: "cell_centres": u = ((t + 1) G - 1) / 2, so cell c
+# is the image region of the ViT's tile c and the regular grid reads each cell exactly (the identity-grid
+# start equals the ViT); "seed": u = (t + 1)(G - 1) / 2 (align corners, as the published APViT).
+LOOKUPS = ("cell_centres", "seed")
 
 
 def sincos2d(h: int, w: int, width: int, temperature: float = 10_000.0) -> np.ndarray:
@@ -31,3 +40,19 @@ class GridPosEmbed(nn.Module):
     if self.kind == "sincos2d":
       return jnp.asarray(sincos2d(h, w, width))
     raise ValueError(f"unknown posemb {self.kind!r}; choose from {POSEMB_KINDS}")
+
+
+def lookup_posemb(table: jax.Array, grid_shape: tuple[int, int], centres: jax.Array,
+                  lookup: str = "cell_centres") -> jax.Array:
+  """Bilinear lookup of a (1, Gh*Gw, D) grid of embeddings at centres (B, N, 2) -> (B, N, D).
+
+  Centres are normalised (x, y); outside the outer cell centres the border cell's value is used.
+  """
+  if lookup not in LOOKUPS:
+    raise ValueError(f"unknown posemb lookup {lookup!r}; choose from {LOOKUPS}")
+  gh, gw = grid_shape
+  b, n, _ = centres.shape
+  grid = table.reshape(1, gh, gw, table.shape[-1])
+  out = sampler.grid_sample(grid, centres.reshape(1, b * n, 2).astype(jnp.float32),
+                            padding_mode="border", align_corners=lookup == "seed")
+  return out.reshape(b, n, -1)

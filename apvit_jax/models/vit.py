@@ -5,6 +5,7 @@ Adaptive front-ends (DPS-ViT, APViT) plug into the same `ViT` through `front_end
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any, Callable
 
@@ -147,7 +148,7 @@ class Encoder(nn.Module):
 class GridPatchEmbed(nn.Module):
   """The ViT front-end: non-overlapping P×P patches by a strided conv, plus a grid position code.
 
-  images (B, H, W, C) -> tokens (B, N, D), positional code (1, N, D).
+  images (B, H, W, C) -> (tokens (B, N, D), positional code (1, N, D), {}).
   """
   width: int
   patch_size: int
@@ -164,15 +165,17 @@ class GridPatchEmbed(nn.Module):
     x = nn.Conv(self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype,
                 name="embedding")(images)
     gh, gw = h // p, w // p
-    return x.reshape(x.shape[0], gh * gw, self.width), GridPosEmbed(self.posemb, name="posemb")(
-        gh, gw, self.width)
+    pos = GridPosEmbed(self.posemb, name="posemb")(gh, gw, self.width)
+    return x.reshape(x.shape[0], gh * gw, self.width), pos, {}
 
 
 class ViT(nn.Module):
   """Vision Transformer. images (B, H, W, C) -> (logits (B, classes) float32, intermediates dict).
 
-  `front_end` (optional) makes `(tokens (B, N, D), positional code broadcastable to tokens or None)`;
-  the default is `GridPatchEmbed`. With pool="token" a cls token with its own learned position
+  `front_end` (optional) is a module factory (e.g. a `functools.partial` of a module class), called with
+  name="patch_embed", whose module maps images to `(tokens (B, N, D), positional code broadcastable to
+  tokens or None, extras dict)`; the extras (e.g. patch maps) are returned with the intermediates.
+  The default is `GridPatchEmbed`. With pool="token" a cls token with its own learned position
   embedding is prepended (the original ViT layout); pool="gap" averages the tokens instead.
   """
   num_classes: int
@@ -193,9 +196,9 @@ class ViT(nn.Module):
   def __call__(self, images, *, train: bool):
     if self.pool not in POOLS:
       raise ValueError(f"unknown pool {self.pool!r}; choose from {POOLS}")
-    front = self.front_end or GridPatchEmbed(self.width, self.patch_size, self.posemb, self.dtype,
-                                             name="patch_embed")
-    tokens, pos = front(images.astype(self.dtype), train=train)
+    make_front = self.front_end or functools.partial(GridPatchEmbed, self.width, self.patch_size,
+                                                     self.posemb, self.dtype)
+    tokens, pos, extras = make_front(name="patch_embed")(images.astype(self.dtype), train=train)
     x = tokens if pos is None else tokens + pos.astype(tokens.dtype)
     b, _, d = x.shape
     if self.pool == "token":
@@ -208,4 +211,4 @@ class ViT(nn.Module):
     pre_logits = x[:, 0] if self.pool == "token" else x.mean(axis=1)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name="head")(pre_logits)
-    return logits.astype(jnp.float32), {"tokens": x, "pre_logits": pre_logits}
+    return logits.astype(jnp.float32), {"tokens": x, "pre_logits": pre_logits, **extras}

@@ -15,14 +15,38 @@ class TrainState(train_state.TrainState):
   batch_stats: Any = flax.struct.field(default_factory=dict)
 
 
+SCHEDULES = ("cosine", "cosine_restarts")
+
+
 def learning_rate_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+  """Linear warm-up from 0, then one cosine decay ("cosine") or cosine warm restarts ("cosine_restarts",
+  SGDR: cycles of restart_epochs, each restart_mult times longer, counted from the end of warm-up)."""
   warmup = int(optim_cfg.warmup_epochs * steps_per_epoch)
   if warmup >= total_steps:
     raise ValueError(f"optim.warmup_epochs={optim_cfg.warmup_epochs} ({warmup} steps) must be shorter "
                      f"than the run ({total_steps} steps)")
-  return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=optim_cfg.lr, warmup_steps=warmup, decay_steps=total_steps,
-      end_value=optim_cfg.lr * optim_cfg.end_lr_ratio)
+  kind = optim_cfg.get("schedule", "cosine")
+  lr, end = optim_cfg.lr, optim_cfg.end_lr_ratio
+  if kind == "cosine":
+    return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr, warmup_steps=warmup,
+                                              decay_steps=total_steps, end_value=lr * end)
+  if kind != "cosine_restarts":
+    raise ValueError(f"unknown optim.schedule={kind!r}; choose from {SCHEDULES}")
+  cycle = optim_cfg.restart_epochs * steps_per_epoch
+  if cycle < 1 or optim_cfg.restart_mult < 1:
+    raise ValueError(f"optim.restart_epochs={optim_cfg.restart_epochs} must give >= 1 step and "
+                     f"optim.restart_mult={optim_cfg.restart_mult} must be >= 1")
+  schedules, boundaries, start = [], [], warmup
+  if warmup:
+    schedules.append(optax.linear_schedule(0.0, lr, warmup))
+  while start < total_steps:
+    length = max(int(round(cycle)), 1)
+    if schedules:
+      boundaries.append(start)
+    schedules.append(optax.cosine_decay_schedule(lr, length, alpha=end))
+    start += length
+    cycle *= optim_cfg.restart_mult
+  return optax.join_schedules(schedules, boundaries)
 
 
 def decay_mask(params):
@@ -34,16 +58,33 @@ def decay_mask(params):
 OPTIMIZERS = ("adamw", "sgd")
 
 
-def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """AdamW (decoupled decay on kernels) or SGD with momentum b1 and the same decay, optional clipping."""
+def _base_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
   if optim_cfg.name == "adamw":
-    tx = optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
-                     mask=decay_mask)
-  elif optim_cfg.name == "sgd":
-    tx = optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
-                     optax.sgd(schedule, momentum=optim_cfg.b1 or None))
-  else:
-    raise ValueError(f"unknown optimizer optim.name={optim_cfg.name!r}; choose from {OPTIMIZERS}")
+    return optax.adamw(schedule, b1=optim_cfg.b1, b2=optim_cfg.b2, weight_decay=optim_cfg.weight_decay,
+                       mask=decay_mask)
+  if optim_cfg.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(optim_cfg.weight_decay, mask=decay_mask),
+                       optax.sgd(schedule, momentum=optim_cfg.b1 or None))
+  raise ValueError(f"unknown optimizer optim.name={optim_cfg.name!r}; choose from {OPTIMIZERS}")
+
+
+def localisation_labels(params):
+  """"stn" for the adaptive front-end's localisation network and head, "rest" for everything else."""
+  from apvit_jax.models.adaptive import LOCALISATION_PARAMS  # models import training-free modules only
+  def label(path, _):
+    keys = [getattr(k, "key", None) for k in path]
+    return "stn" if len(keys) > 1 and keys[0] == "patch_embed" and keys[1] in LOCALISATION_PARAMS else "rest"
+  return jax.tree_util.tree_map_with_path(label, params)
+
+
+def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """AdamW (decoupled decay on kernels) or SGD with momentum b1 and the same decay, optional clipping
+  (over all parameters); the localisation network's learning rate is scaled by optim.stn_lr_ratio."""
+  tx = _base_optimizer(optim_cfg, schedule)
+  ratio = optim_cfg.get("stn_lr_ratio", 1.0)
+  if ratio != 1.0:
+    stn_tx = _base_optimizer(optim_cfg, lambda step: schedule(step) * ratio)
+    tx = optax.multi_transform({"stn": stn_tx, "rest": tx}, localisation_labels)
   if optim_cfg.grad_clip:
     tx = optax.chain(optax.clip_by_global_norm(optim_cfg.grad_clip), tx)
   return tx
