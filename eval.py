@@ -1,6 +1,10 @@
 """Evaluate a trained checkpoint: prints and writes JSON with accuracy, loss and count.
 
   python eval.py --config=configs/quickstart.py --workdir=workdirs/quickstart [--step=N] [--split=test]
+  python eval.py --config=configs/apvit_cifar10.py --workdir=workdirs/apvit_cifar10 --visualize=8
+
+--visualize=K draws, for the split's first K images, the image, the regular grid, the adaptive patches
+on the image and the sampled patches, as WORKDIR/figures/patches_SPLIT_stepSTEP_I.png.
 """
 import json
 import pathlib
@@ -15,6 +19,8 @@ config_flags.DEFINE_config_file("config", None, "The config file the run was tra
 flags.DEFINE_string("workdir", None, "The training run's workdir.")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the best by test accuracy.")
 flags.DEFINE_enum("split", "test", ["test", "train"], "Which split to evaluate.")
+flags.DEFINE_integer("visualize", 0, "Draw patch figures for this many images of the split "
+                     "(WORKDIR/figures/); 0: none.", lower_bound=0)
 flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/eval_STEP_SPLIT.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -24,7 +30,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   f = flags.FLAGS
-  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split)
+  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize)
   out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}.json")
   out.write_text(json.dumps(result, indent=2) + "\n")
   print(json.dumps(result))

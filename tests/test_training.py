@@ -121,11 +121,13 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--config=configs/quickstart.py:smoke",
-                        f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60"],
-                       cwd=ROOT, env=env, capture_output=True, text=True)
+                        f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
+                        "--visualize=2"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
   written = json.loads((work / f"eval_{result['step']}_test.json").read_text())
   assert written["accuracy"] == result["accuracy"] and written["count"] == 40
+  assert len(written["figures"]) == 2
+  assert all(pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written["figures"])
 
 
 def test_streaming_tfds_source_trains(tmp_path):

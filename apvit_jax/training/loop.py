@@ -222,8 +222,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   return summary
 
 
-def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "test") -> dict:
-  """Restores the best checkpoint (or `step`) and evaluates `split` ("test" or "train")."""
+def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "test",
+                        figures: int = 0) -> dict:
+  """Restores the best checkpoint (or `step`) and evaluates `split` ("test" or "train"). With figures=K,
+  also draws the patches of the split's first K images to WORKDIR/figures/ (see apvit_jax/visualize.py)."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first with the same --config")
@@ -232,12 +234,23 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
   step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())
   if step is None:
     raise FileNotFoundError(f"no checkpoints in {ckpt.directory}")
-  state = run.par.replicate(restore(run, ckpt, step))
   if split not in ("test", "train"):
     raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
+  host_state = restore(run, ckpt, step)
+  state = run.par.replicate(host_state)
   data_split = getattr(run.dataset, split)
   eval_step = run.par.compile(step_lib.make_eval_step(config), num_args=3, donate_first=False)
   result = {"step": step, "split": split, **evaluate(run, state, eval_step, device_data(run, data_split),
                                                      data_split)}
   ckpt.close()
+  if figures > 0 and jax.process_index() == 0:
+    from apvit_jax import visualize  # matplotlib only when figures are asked for
+    idx = np.arange(min(figures, len(data_split)))
+    images, labels = (data_split.get(idx) if isinstance(data_split, sources.StreamingSplit)
+                      else (data_split.images[idx], data_split.labels[idx]))
+    variables = {"params": host_state.params, **({"batch_stats": host_state.batch_stats}
+                                                 if host_state.batch_stats else {})}
+    paths = visualize.render_patch_figures(run.model, variables, np.asarray(images), np.asarray(labels),
+                                           config.augment, workdir / "figures", f"patches_{split}_step{step}")
+    result["figures"] = [str(p) for p in paths]
   return result
