@@ -167,6 +167,12 @@ def test_every_config_smoke(path, tmp_path):
     ({"model.variant": "Q/8"}, "unknown ViT variant 'Q/8'"),
     ({"parallel": "pjit"}, "unknown parallel mode 'pjit'"),
     ({"data.name": "cifar10_raw", "data.data_dir": "/nonexistent"}, "missing data files"),
+    ({"model.front_end": "adaptive", "model.adaptive.identity_init": True}, "needs bound='reflect'"),
+    ({"model.front_end": "adaptive", "model.adaptive.transform": "scale_rotate",
+      "model.adaptive.max_scale": 0.9}, "could leave the image; use max_scale <= 0.7071"),
+    ({"model.front_end": "adaptive", "model.adaptive.posemb": "sincos"}, "model.adaptive.posemb='sincos'"),
+    ({"model.front_end": "patches"}, "unknown model.front_end='patches'"),
+    ({"optim.schedule": "step"}, "unknown optim.schedule='step'"),
 ])
 def test_clear_errors(override, message):
   with pytest.raises(ValueError, match=message):

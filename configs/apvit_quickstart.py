@@ -1,0 +1,28 @@
+"""APViT quickstart: configs/quickstart.py with an adaptive front-end. Offline, no files, no download.
+
+  python train.py --config=configs/apvit_quickstart.py --workdir=workdirs/apvit_quickstart
+  python eval.py --config=configs/apvit_quickstart.py --workdir=workdirs/apvit_quickstart --visualize=8
+
+Data: built in (scikit-learn's 8×8 digits on a 40×40 cluttered canvas), 10,000 train / 2,000 test.
+Model: the ViT-mu/8 of the quickstart (25 patches + cls) behind a small CNN localisation network that
+gives each patch a translation, scale and rotation, starting exactly on the 5×5 grid; 0.23 M parameters
+(the ViT alone: 0.21 M). Same recipe as the quickstart (12 epochs, AdamW lr 2e-3).
+Measured on 2 CPU cores: 91.50 % test accuracy after 12 epochs in 308 s (412 images/s), against
+83.75 % in 116 s (1,151 images/s) for configs/quickstart.py run the same day on the same machine.
+Smoke: --config=configs/apvit_quickstart.py:smoke (a few steps, seconds).
+"""
+from configs import quickstart
+
+
+def get_config(arg: str | None = None):
+  c = quickstart.get_config(arg)
+  c.model.front_end = "adaptive"
+  a = c.model.adaptive
+  a.transform = "scale_rotate"
+  a.max_scale = 0.3
+  a.bound = "reflect"
+  a.identity_init = True
+  a.stn = "cnn"
+  a.head_hidden = 64 if arg != "smoke" else a.head_hidden
+  a.posemb = "interpolate"
+  return c
