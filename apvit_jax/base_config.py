@@ -20,6 +20,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.log_every_steps = 50
   c.progress_bar = True
+  c.init_from = ""             # a vision_transformer-style .npz: start from its weights (new runs only)
 
   c.data = ml_collections.ConfigDict()
   c.data.name = "cluttered_digits"  # see apvit_jax/data/sources.py

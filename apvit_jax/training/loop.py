@@ -16,6 +16,7 @@ import numpy as np
 import tqdm
 
 from apvit_jax.data import batches, sources
+from apvit_jax.models import pretrained
 from apvit_jax.models.registry import build_model, check_image_fits
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import parallel, state as state_lib, step as step_lib
@@ -54,12 +55,25 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
   total_steps = config.get("total_steps") or int(config.num_epochs * steps_per_epoch)
   if for_training and total_steps <= 0:
     raise ValueError("nothing to train: set num_epochs or total_steps > 0")
+  if config.get("init_from") and not pathlib.Path(config.init_from).expanduser().is_file():
+    raise FileNotFoundError(f"config.init_from={config.init_from!r}: no such .npz file")
   model = build_model(config.model, dataset.num_classes)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
   state = state_lib.create_state(model, tx, jax.random.fold_in(jax.random.key(config.seed), 0),
                                  dataset.image_shape)
   return Run(config, dataset, par, model, schedule, state, steps_per_epoch, total_steps, per_device)
+
+
+def pretrained_state(run: Run, path) -> state_lib.TrainState:
+  """run.state with the weights of a vision_transformer-style .npz (position embeddings resized, head
+  kept fresh for a new class count) and a fresh optimizer state for them."""
+  h, w = run.dataset.image_shape[:2]
+  p = run.model.patch_size
+  n = run.state.params["patch_embed"].get("posemb", {}).get("pos_embedding", np.zeros((1, 1))).shape[1]
+  params = pretrained.vit_params_from_npz(pretrained.load_npz(path), run.state.params,
+                                          pretrained.grid_shape(n, like=(h // p, w // p)))
+  return run.state.replace(params=params, opt_state=run.state.tx.init(params))
 
 
 def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.TrainState:
@@ -127,6 +141,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   latest = ckpt.latest_step()
   if latest is not None:
     state = restore(run, ckpt, latest)  # raises before anything in workdir is written
+  elif config.get("init_from"):
+    state = pretrained_state(run, config.init_from)
   start_step = int(state.step)
   writer = MetricWriter(workdir)
   if start_step >= run.total_steps:
