@@ -53,6 +53,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.drop_path = 0.0
   c.model.dtype = "float32"    # compute dtype; parameters stay float32. "bfloat16" on GPU/TPU
   c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16 where it takes the shapes, else XLA
+  c.model.remat = False        # recompute each block's activations in the backward pass (less memory)
+  c.model.scan_layers = False  # nn.scan over the blocks (compile time independent of depth)
   c.model.front_end = "grid"   # "grid" (ViT, PiT) or "adaptive" (DPS-ViT, APViT: model.adaptive.*)
 
   a = c.model.adaptive = ml_collections.ConfigDict()  # see apvit_jax/models/adaptive.py

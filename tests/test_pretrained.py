@@ -58,9 +58,10 @@ def npz_forward(flat, images):
   return x[:, 0] @ f["head/kernel"] + f["head/bias"]
 
 
-def model_config(**adaptive):
+def model_config(scan=False, **adaptive):
   c = base_config().model
   c.variant, c.width, c.depth, c.num_heads = f"mu/{PATCH}", WIDTH, DEPTH, HEADS
+  c.scan_layers = scan
   if adaptive:
     c.front_end = "adaptive"
     c.adaptive.stn_hidden, c.adaptive.stn_attn_width = 4, 8
@@ -76,9 +77,10 @@ def load(cfg, flat, image_hw, classes=CLASSES):
   return model, pretrained.vit_params_from_npz(flat, params, grid)
 
 
-@pytest.mark.parametrize("adaptive", [{}, dict(transform="scale_rotate", bound="reflect", identity_init=True,
-                                               max_scale=0.5, posemb="interpolate")],
-                         ids=["vit", "apvit_identity_start"])
+@pytest.mark.parametrize("adaptive", [{}, {"scan": True},
+                                      dict(transform="scale_rotate", bound="reflect", identity_init=True,
+                                           max_scale=0.5, posemb="interpolate")],
+                         ids=["vit", "vit_scanned_layers", "apvit_identity_start"])
 def test_npz_import_matches_numpy_forward(tmp_path, adaptive):
   """Our ViT, and an APViT on its identity start, compute the .npz model's logits."""
   rng = np.random.default_rng(0)

@@ -112,3 +112,38 @@ def test_drop_path_drops_whole_examples_and_keeps_the_mean():
   # 4000 Bernoulli(0.25) draws: standard deviation 0.007, so +-0.03 fails with probability < 1e-4.
   assert abs(dropped.mean() - 0.25) < 0.03
   np.testing.assert_array_equal(np.asarray(DropPath(0.25).apply({}, x, train=False)), np.asarray(x))
+
+
+@pytest.mark.parametrize("remat,scan", [(True, False), (False, True), (True, True)])
+def test_remat_and_scan_give_the_plain_loss_and_gradients(remat, scan):
+  """Same weights (stacked for scan) -> same training loss and gradients as the plain model."""
+  from apvit_jax.models.vit import stack_blocks
+  rng = np.random.default_rng()
+  kw = dict(num_classes=5, width=16, depth=3, num_heads=2, patch_size=4)
+  plain, other = ViT(**kw), ViT(**kw, remat=remat, scan=scan)
+  images = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
+  labels = jnp.arange(4) % 5
+  params = randomise(plain.init(jax.random.key(0), images, train=False)["params"], rng)
+  stack = (lambda p: {**p, "encoder": stack_blocks(p["encoder"], 3)}) if scan else (lambda p: p)
+
+  def loss(model, p):
+    logits, _ = model.apply({"params": p}, images, train=True, rngs={"dropout": jax.random.key(1)})
+    return -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], 1).mean()
+  want_loss, want_grads = jax.jit(jax.value_and_grad(lambda p: loss(plain, p)))(params)
+  got_loss, got_grads = jax.jit(jax.value_and_grad(lambda p: loss(other, p)))(stack(params))
+  assert jax.tree.structure(got_grads) == jax.tree.structure(stack(want_grads))
+  np.testing.assert_allclose(float(got_loss), float(want_loss), rtol=1e-6)
+  for g, w in zip(jax.tree.leaves(got_grads), jax.tree.leaves(stack(want_grads))):
+    np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
+
+
+def test_scanned_layers_keep_their_drop_path_rates():
+  """Under scan the drop rates are traced per-layer inputs: training still drops branches (finite,
+  different from evaluation)."""
+  model = ViT(num_classes=3, width=8, depth=2, num_heads=2, patch_size=4, drop_path=0.5, scan=True)
+  x = jnp.asarray(np.random.default_rng().normal(size=(16, 8, 8, 3)), jnp.float32)
+  params = model.init(jax.random.key(0), x, train=False)["params"]
+  train_out = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})[1]["tokens"]
+  eval_out = model.apply({"params": params}, x, train=False)[1]["tokens"]
+  assert np.isfinite(np.asarray(train_out)).all()
+  assert not np.allclose(np.asarray(train_out), np.asarray(eval_out))

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from apvit_jax import sampler
+from apvit_jax.models import vit
 
 _BLOCK_PARTS = {"LayerNorm_0": "norm1", "MultiHeadDotProductAttention_1": "attn", "LayerNorm_2": "norm2",
                 "MlpBlock_3": "mlp"}
@@ -95,7 +96,11 @@ def vit_params_from_npz(flat: dict[str, np.ndarray], target: dict, target_grid: 
   parameter with no place in the model, or of the wrong shape, is an error naming it ("pre_logits" is
   dropped with a re-initialised head, as when fine-tuning).
   """
-  params = flax.traverse_util.flatten_dict(flax.core.unfreeze(target))
+  target = flax.core.unfreeze(target)
+  scanned = "blocks" in target.get("encoder", {})  # nn.scan layers: load per layer, then restack
+  if scanned:
+    target = {**target, "encoder": vit.unstack_blocks(target["encoder"])}
+  params = flax.traverse_util.flatten_dict(target)
   loaded, problems = set(), []
   head_fits = all(("head", k) in params and params[("head", k)].shape == flat[f"head/{k}"].shape
                   for k in ("kernel", "bias") if f"head/{k}" in flat)
@@ -134,4 +139,8 @@ def vit_params_from_npz(flat: dict[str, np.ndarray], target: dict, target_grid: 
   if not any(p[0] == "encoder" for p in loaded):
     raise ValueError("pretrained checkpoint holds no encoder weights in the vision_transformer layout "
                      "(expected names like Transformer/encoderblock_0/...)")
-  return flax.traverse_util.unflatten_dict(params)
+  params = flax.traverse_util.unflatten_dict(params)
+  if scanned:
+    depth = sum(k.startswith("block") for k in params["encoder"])
+    params["encoder"] = vit.stack_blocks(params["encoder"], depth)
+  return params

@@ -38,7 +38,8 @@ def build_model(model_cfg, num_classes: int):
   vit_kwargs = dict(posemb=model_cfg.get("posemb", "learn"), pool=model_cfg.get("pool", "token"),
                     dropout=model_cfg.get("dropout", 0.0), drop_path=model_cfg.get("drop_path", 0.0),
                     mlp_ratio=model_cfg.get("mlp_ratio", 4), dtype=DTYPES[model_cfg.dtype],
-                    attention_impl=model_cfg.attention_impl, **architecture(model_cfg))
+                    attention_impl=model_cfg.attention_impl, remat=model_cfg.get("remat", False),
+                    scan=model_cfg.get("scan_layers", False), **architecture(model_cfg))
   if front_end == "grid":
     return ViT(num_classes=num_classes, **vit_kwargs)
   return adaptive_vit(num_classes, vit_kwargs, model_cfg.adaptive.to_dict())

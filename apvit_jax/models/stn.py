@@ -38,7 +38,7 @@ class ChannelSelfAttention(nn.Module):
     init = dict(kernel_init=nn.initializers.xavier_uniform(), dtype=self.dtype)
     y = nn.Dense(self.width, name="encode", **init)(tokens)
     y = EncoderBlock(self.num_heads, 4 * self.width, dtype=self.dtype, attention_impl=self.attention_impl,
-                     name="block")(y, train=train)
+                     name="block")(y, train)
     y = nn.gelu(nn.Dense(h * w, name="decode", **init)(y))
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
     return x + y.transpose(0, 2, 1).reshape(b, h, w, c).astype(x.dtype)

@@ -91,14 +91,17 @@ class MlpBlock(nn.Module):
 
 
 class DropPath(nn.Module):
-  """Stochastic depth: drops a whole residual branch per example, rescaling the kept ones."""
+  """Stochastic depth: drops a whole residual branch per example, rescaling the kept ones.
+
+  `rate` may be given per call (a traced value when layers are scanned)."""
   rate: float = 0.0
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
-    if not train or self.rate == 0.0:
+  def __call__(self, x, *, train: bool, rate=None):
+    rate = self.rate if rate is None else rate
+    if not train or (isinstance(rate, float) and rate == 0.0):
       return x
-    keep = 1.0 - self.rate
+    keep = 1.0 - rate
     mask = jax.random.bernoulli(self.make_rng("dropout"), keep, (x.shape[0],) + (1,) * (x.ndim - 1))
     return jnp.where(mask, x / keep, 0.0).astype(x.dtype)
 
@@ -113,20 +116,34 @@ class EncoderBlock(nn.Module):
   attention_impl: str = "auto"
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool, drop_rate=None):
+    """x (B, T, D) -> (B, T, D); `drop_rate` overrides `drop_path` (scanned layers pass theirs)."""
     y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
     y = MultiHeadAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y)
     y = nn.Dropout(self.dropout)(y, deterministic=not train)
-    x = x + DropPath(self.drop_path)(y, train=train)
+    x = x + DropPath(self.drop_path)(y, train=train, rate=drop_rate)
     y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train=train)
-    return x + DropPath(self.drop_path)(y, train=train)
+    return x + DropPath(self.drop_path)(y, train=train, rate=drop_rate)
+
+
+class _ScanStep(nn.Module):
+  """One scanned layer: (carry x, this layer's drop rate) -> (x, None)."""
+  block: Callable[..., Any]
+  train: bool
+
+  @nn.compact
+  def __call__(self, x, drop_rate):
+    return self.block(name="block")(x, self.train, drop_rate), None
 
 
 class Encoder(nn.Module):
   """`depth` pre-LN blocks and a final LayerNorm. (B, T, D) -> (B, T, D).
 
-  Stochastic-depth rates grow linearly from 0 to `drop_path` over the blocks.
+  Stochastic-depth rates grow linearly from 0 to `drop_path` over the blocks. `remat` recomputes each
+  block's activations in the backward pass (memory for compute); `scan` runs the blocks as one
+  `nn.scan` (compile time independent of depth), with parameters stacked on a leading depth axis
+  under "blocks" (see `stack_blocks`) instead of "block0", "block1", ...
   """
   depth: int
   num_heads: int
@@ -135,14 +152,30 @@ class Encoder(nn.Module):
   drop_path: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
+  remat: bool = False
+  scan: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    for i in range(self.depth):
-      rate = self.drop_path * i / max(self.depth - 1, 1)
-      x = EncoderBlock(self.num_heads, self.mlp_dim, self.dropout, rate, self.dtype,
-                       self.attention_impl, name=f"block{i}")(x, train=train)
+    rates = [self.drop_path * i / max(self.depth - 1, 1) for i in range(self.depth)]
+    block = nn.remat(EncoderBlock, static_argnums=(2,), prevent_cse=not self.scan) if self.remat else EncoderBlock
+    make = functools.partial(block, self.num_heads, self.mlp_dim, self.dropout, 0.0, self.dtype,
+                             self.attention_impl)
+    if self.scan:
+      layers = nn.scan(_ScanStep, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                       length=self.depth)
+      x, _ = layers(make, train, name="blocks")(x, jnp.asarray(rates, jnp.float32))
+    else:
+      for i, rate in enumerate(rates):
+        x = make(name=f"block{i}")(x, train, rate)
     return nn.LayerNorm(dtype=self.dtype, name="encoder_norm")(x)
+
+
+def stack_blocks(encoder_params: dict, depth: int) -> dict:
+  """{"block0": t0, ..., "encoder_norm": n} -> {"blocks": {"block": stack(t_i)}, "encoder_norm": n}."""
+  blocks = [encoder_params[f"block{i}"] for i in range(depth)]
+  rest = {k: v for k, v in encoder_params.items() if not k.startswith("block")}
+  return {"blocks": {"block": jax.tree.map(lambda *xs: jnp.stack(xs), *blocks)}, **rest}
 
 
 class GridPatchEmbed(nn.Module):
@@ -190,6 +223,8 @@ class ViT(nn.Module):
   drop_path: float = 0.0
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
+  remat: bool = False
+  scan: bool = False
   front_end: Callable[..., Any] | None = None
 
   @nn.compact
@@ -207,8 +242,16 @@ class ViT(nn.Module):
       x = jnp.concatenate([jnp.broadcast_to((cls + cls_pos).astype(x.dtype), (b, 1, d)), x], axis=1)
     x = nn.Dropout(self.dropout)(x, deterministic=not train)
     x = Encoder(self.depth, self.num_heads, self.mlp_ratio * d, self.dropout, self.drop_path,
-                self.dtype, self.attention_impl, name="encoder")(x, train=train)
+                self.dtype, self.attention_impl, self.remat, self.scan, name="encoder")(x, train=train)
     pre_logits = x[:, 0] if self.pool == "token" else x.mean(axis=1)
     logits = nn.Dense(self.num_classes, kernel_init=nn.initializers.zeros, dtype=self.dtype,
                       name="head")(pre_logits)
     return logits.astype(jnp.float32), {"tokens": x, "pre_logits": pre_logits, **extras}
+
+
+def unstack_blocks(encoder_params: dict) -> dict:
+  """The inverse of `stack_blocks`."""
+  stacked = encoder_params["blocks"]["block"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  rest = {k: v for k, v in encoder_params.items() if k != "blocks"}
+  return {**{f"block{i}": jax.tree.map(lambda x: x[i], stacked) for i in range(depth)}, **rest}
