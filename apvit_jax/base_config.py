@@ -36,6 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.crop_padding = 0   # random crop after zero padding by this many pixels
   c.augment.flip = False
   c.augment.rotate_degrees = 0.0
+  c.augment.crop_scale = (0.0, 0.0)   # (lo, hi) > 0: random resized crop of that area fraction instead
+  c.augment.crop_ratio = (3 / 4, 4 / 3)
+  c.augment.color_jitter = (0.0, 0.0, 0.0, 0.0)  # brightness, contrast, saturation, hue strengths
+  c.augment.color_jitter_prob = 0.0
+  c.augment.grayscale_prob = 0.0
   c.augment.mean = (0.5,)
   c.augment.std = (0.5,)
 
