@@ -80,7 +80,9 @@ def augment(images: jax.Array, keys: jax.Array, *, crop_padding: int = 0, flip: 
   if crop_padding or flip or rotate_degrees or crop_scale[1] > 0:
     theta = jax.vmap(lambda k: random_affine(k, h, w, crop_padding, flip, rotate_degrees, crop_scale,
                                              crop_ratio))(keys)
-    x = sampler.grid_sample(x, sampler.affine_grid(theta, (h, w)), padding_mode="zeros")
+    # A padded crop reads zeros outside the image; a resized crop clamps to the edge, as resizing does.
+    padding = "border" if crop_scale[1] > 0 else "zeros"
+    x = sampler.grid_sample(x, sampler.affine_grid(theta, (h, w)), padding_mode=padding)
   if (color_jitter_prob > 0 and any(color_jitter)) or grayscale_prob > 0:
     if c != 3:
       raise ValueError(f"colour jitter and grayscale need RGB images, got {c} channels")
