@@ -82,3 +82,21 @@ def test_resized_crop_resamples_the_box():
   grid = np.stack([(2 * x + 1) / 20 - 1, (2 * y + 1) / 16 - 1], -1)
   want = ref.grid_sample(np.asarray(images.astype(np.uint8), np.float64), grid, "border", False)
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-3)
+
+
+def test_pit_recipe_augmentation_compiles_and_stays_in_range():
+  """The full MoCo-v3 pipeline of configs/pit_t_cifar100.py under jit on an RGB batch."""
+  from configs import pit_t_cifar100
+  aug = pit_t_cifar100.get_config().augment
+  images = jnp.asarray(np.random.default_rng(4).integers(0, 256, (8, 32, 32, 3)), jnp.uint8)
+  keys = augment.example_keys(jax.random.key(5), jnp.arange(8))
+  out = jax.jit(lambda im, k: augment.augment(im, k, crop_scale=tuple(aug.crop_scale), flip=aug.flip,
+                                              color_jitter=tuple(aug.color_jitter),
+                                              color_jitter_prob=aug.color_jitter_prob,
+                                              grayscale_prob=aug.grayscale_prob))(images, keys)
+  out = np.asarray(out)
+  assert out.shape == (8, 32, 32, 3) and np.isfinite(out).all()
+  assert out.min() >= 0.0 and out.max() <= 255.0 + 1e-3
+  assert not np.allclose(out, np.asarray(images, np.float32))
+  normalised = augment.preprocess(images, keys, aug, train=True)
+  assert normalised.dtype == jnp.float32 and np.isfinite(np.asarray(normalised)).all()

@@ -147,3 +147,16 @@ def test_scanned_layers_keep_their_drop_path_rates():
   eval_out = model.apply({"params": params}, x, train=False)[1]["tokens"]
   assert np.isfinite(np.asarray(train_out)).all()
   assert not np.allclose(np.asarray(train_out), np.asarray(eval_out))
+
+
+def test_pit_t_cifar100_has_the_parameters_of_vit_ti_with_1x1_patches():
+  """By hand: embedding 1·1·3·192 + 192; position grid 32·32·192; cls + cls position 2·192; per block
+  two LayerNorms 4·192, q/k/v/out 4·(192² + 192), MLP 192·768 + 768 + 768·192 + 192; final LayerNorm
+  2·192; head 192·100 + 100."""
+  from apvit_jax.models import registry
+  from configs import pit_t_cifar100
+  d, m = 192, 768
+  block = 4 * d + 4 * (d * d + d) + (d * m + m) + (m * d + d)
+  want = (3 * d + d) + 32 * 32 * d + 2 * d + 12 * block + 2 * d + (d * 100 + 100)
+  model = registry.build_model(pit_t_cifar100.get_config().model, 100)
+  assert count_params(model, (1, 32, 32, 3)) == want == 5_555_812

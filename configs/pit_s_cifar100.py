@@ -1,0 +1,20 @@
+"""PiT-S on CIFAR-100: a ViT-S on 1×1 patches (1,024 pixel tokens + cls), 21.7 M parameters.
+
+  python train.py --config=configs/pit_s_cifar100.py --workdir=workdirs/pit_s_cifar100
+
+Data and recipe: exactly those of configs/pit_t_cifar100.py (shared `pit_recipe`). About 4× the FLOPs
+of PiT-T per image; consider --config.model.remat=True on GPUs with less memory.
+Measured: not yet (no GPU was available to this task).
+Smoke: --config=configs/pit_s_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
+"""
+from apvit_jax.base_config import base_config
+from configs.pit_t_cifar100 import pit_recipe, smoke_offline
+
+
+def get_config(arg: str | None = None):
+  c = pit_recipe(base_config(), "S/1")
+  if arg == "smoke":
+    smoke_offline(c)
+  elif arg:
+    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
+  return c

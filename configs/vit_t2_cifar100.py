@@ -1,0 +1,20 @@
+"""ViT-T/2 on CIFAR-100, the baseline of the pixel-transformer comparison: 2×2 patches, 256 tokens + cls.
+
+  python train.py --config=configs/vit_t2_cifar100.py --workdir=workdirs/vit_t2_cifar100
+
+Data and recipe: exactly those of configs/pit_t_cifar100.py (shared `pit_recipe`), so PiT-T and ViT-T/2
+differ only in the patch size. About a quarter of PiT-T's encoder FLOPs.
+Measured: not yet (no GPU was available to this task).
+Smoke: --config=configs/vit_t2_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
+"""
+from apvit_jax.base_config import base_config
+from configs.pit_t_cifar100 import pit_recipe, smoke_offline
+
+
+def get_config(arg: str | None = None):
+  c = pit_recipe(base_config(), "Ti/2")
+  if arg == "smoke":
+    smoke_offline(c)
+  elif arg:
+    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
+  return c
