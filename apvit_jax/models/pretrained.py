@@ -1,5 +1,6 @@
-"""Pretrained ViT weights: the google-research/vision_transformer `.npz` layout, and resizing of learned
-position-embedding grids for another resolution or patch size.
+"""Pretrained ViT weights: the google-research/vision_transformer `.npz` layout or a workdir of ours, and
+resizing of learned position-embedding grids for another resolution or patch size (applied whenever the
+grid shapes differ).
 
 Names in the `.npz` (flat, "/"-separated) and ours:
   embedding/{kernel,bias}                                   patch_embed/embedding/{kernel,bias}
@@ -139,6 +140,46 @@ def vit_params_from_npz(flat: dict[str, np.ndarray], target: dict, target_grid: 
   if not any(p[0] == "encoder" for p in loaded):
     raise ValueError("pretrained checkpoint holds no encoder weights in the vision_transformer layout "
                      "(expected names like Transformer/encoderblock_0/...)")
+  params = flax.traverse_util.unflatten_dict(params)
+  if scanned:
+    depth = sum(k.startswith("block") for k in params["encoder"])
+    params["encoder"] = vit.stack_blocks(params["encoder"], depth)
+  return params
+
+
+def _unstacked(tree: dict) -> tuple[dict, bool]:
+  if "blocks" in tree.get("encoder", {}):
+    return {**tree, "encoder": vit.unstack_blocks(tree["encoder"])}, True
+  return tree, False
+
+
+def params_from_checkpoint(saved: dict, target: dict, target_grid: tuple[int, int]) -> dict:
+  """Our own saved parameters -> the tree `target` of the model to train.
+
+  Equal shapes are copied; the position grid is resized when its shape differs; a head of another class
+  count stays fresh, as does anything the checkpoint lacks (e.g. an adaptive front-end added to a ViT).
+  A saved parameter with no place in the model, or another mismatched shape, is an error naming it.
+  Scanned and unscanned layers convert both ways.
+  """
+  saved, _ = _unstacked(flax.core.unfreeze(saved))
+  target, scanned = _unstacked(flax.core.unfreeze(target))
+  have = flax.traverse_util.flatten_dict(saved)
+  params = flax.traverse_util.flatten_dict(target)
+  problems = []
+  for path, value in have.items():
+    name = "/".join(path)
+    if path not in params:
+      problems.append(f"{name} {np.shape(value)} has no place in the model")
+    elif params[path].shape == np.shape(value):
+      params[path] = jnp.asarray(value, params[path].dtype)
+    elif path == POSEMB and np.shape(value)[-1] == params[path].shape[-1]:
+      grid = resize_posemb(np.asarray(value), grid_shape(np.shape(value)[1]), target_grid)
+      params[path] = jnp.asarray(grid, params[path].dtype)
+    elif path[0] != "head":
+      problems.append(f"{name}: checkpoint {np.shape(value)} vs model {params[path].shape}")
+  if problems:
+    raise ValueError("checkpoint does not fit the model: " + "; ".join(problems[:5])
+                     + (f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""))
   params = flax.traverse_util.unflatten_dict(params)
   if scanned:
     depth = sum(k.startswith("block") for k in params["encoder"])

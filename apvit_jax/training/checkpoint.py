@@ -68,6 +68,12 @@ class Checkpointer:
                                f"builds ({len(mismatched)} arrays differ), e.g. " + "; ".join(mismatched[:3]))
     return restored
 
+  def restore_saved(self, step: int) -> dict:
+    """Step `step` as saved (NumPy arrays in the saved shapes), without a target structure."""
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}")
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
   def wait(self) -> None:
     self.manager.wait_until_finished()
 

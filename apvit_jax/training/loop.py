@@ -55,8 +55,11 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
   total_steps = config.get("total_steps") or int(config.num_epochs * steps_per_epoch)
   if for_training and total_steps <= 0:
     raise ValueError("nothing to train: set num_epochs or total_steps > 0")
-  if config.get("init_from") and not pathlib.Path(config.init_from).expanduser().is_file():
-    raise FileNotFoundError(f"config.init_from={config.init_from!r}: no such .npz file")
+  if config.get("init_from"):
+    src = pathlib.Path(config.init_from).expanduser()
+    if not (src.is_file() or (src / "checkpoints").is_dir()):
+      raise FileNotFoundError(f"config.init_from={config.init_from!r}: neither a .npz file nor a workdir "
+                              f"with checkpoints/")
   model = build_model(config.model, dataset.num_classes)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
@@ -66,13 +69,24 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
 
 
 def pretrained_state(run: Run, path) -> state_lib.TrainState:
-  """run.state with the weights of a vision_transformer-style .npz (position embeddings resized, head
-  kept fresh for a new class count) and a fresh optimizer state for them."""
+  """run.state with pretrained weights and a fresh optimizer state for them. `path`: a
+  vision_transformer-style .npz, or a workdir of ours (its best checkpoint, else its latest). Position
+  embeddings are resized to this run's grid; a head for another class count stays fresh."""
   h, w = run.dataset.image_shape[:2]
   p = run.model.patch_size
   n = run.state.params["patch_embed"].get("posemb", {}).get("pos_embedding", np.zeros((1, 1))).shape[1]
-  params = pretrained.vit_params_from_npz(pretrained.load_npz(path), run.state.params,
-                                          pretrained.grid_shape(n, like=(h // p, w // p)))
+  grid = pretrained.grid_shape(n, like=(h // p, w // p))
+  src = pathlib.Path(path).expanduser()
+  if src.is_dir():
+    ckpt = ckpt_lib.Checkpointer(src, read_only=True)
+    step = ckpt.best_step() or ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"config.init_from={str(path)!r}: no checkpoints in {ckpt.directory}")
+    saved = ckpt.restore_saved(step)["params"]
+    ckpt.close()
+    params = pretrained.params_from_checkpoint(saved, run.state.params, grid)
+  else:
+    params = pretrained.vit_params_from_npz(pretrained.load_npz(src), run.state.params, grid)
   return run.state.replace(params=params, opt_state=run.state.tx.init(params))
 
 
