@@ -2,6 +2,7 @@
 
   python eval.py --config=configs/quickstart.py --workdir=workdirs/quickstart [--step=N] [--split=test]
   python eval.py --config=configs/apvit_cifar10.py --workdir=workdirs/apvit_cifar10 --visualize=8
+  python eval.py --config=configs/quickstart.py --workdir=workdirs/quickstart --confusion
 
 --visualize=K draws, for the split's first K images, the image, the regular grid, the adaptive patches
 on the image and the sampled patches, as WORKDIR/figures/patches_SPLIT_stepSTEP_I.png.
@@ -21,8 +22,19 @@ flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the be
 flags.DEFINE_enum("split", "test", ["test", "train"], "Which split to evaluate.")
 flags.DEFINE_integer("visualize", 0, "Draw patch figures for this many images of the split "
                      "(WORKDIR/figures/); 0: none.", lower_bound=0)
+flags.DEFINE_bool("confusion", False, "Also compute and print the confusion matrix (rows: true class, "
+                  "columns: predicted); it is written to the JSON as well.")
 flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/eval_STEP_SPLIT.json.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def confusion_table(matrix) -> str:
+  """Rows: true class; columns: predicted class; last column: per-class accuracy."""
+  width = max(4, len(str(max(max(r) for r in matrix))) + 1)
+  head = "true\\pred" + "".join(f"{j:>{width}}" for j in range(len(matrix))) + "   acc"
+  rows = [f"{i:>9}" + "".join(f"{v:>{width}}" for v in row) + f"  {row[i] / max(sum(row), 1):.3f}"
+          for i, row in enumerate(matrix)]
+  return "\n".join([head, *rows])
 
 
 def main(argv):
@@ -30,10 +42,13 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   f = flags.FLAGS
-  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize)
+  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize,
+                               confusion=f.confusion)
   out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}.json")
   out.write_text(json.dumps(result, indent=2) + "\n")
-  print(json.dumps(result))
+  if "confusion" in result:
+    print(confusion_table(result["confusion"]))
+  print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
   print(f"wrote {out}")
 
 

@@ -87,7 +87,7 @@ def train_cmd(workdir, *extra):
           "--config.total_steps=60", *extra]
 
 
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
+def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   # Uninterrupted reference run.
   ref = subprocess.run(train_cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True)
@@ -115,6 +115,22 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
   final = [ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work)]
   chex.assert_trees_all_close(final[0], final[1], rtol=1e-6, atol=1e-7)
+  # SIGTERM (preemption): the run checkpoints the step it reached, exits cleanly, and resumes exactly.
+  termed = tmp_path / "sigterm"
+  proc = subprocess.Popen(train_cmd(termed), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (termed / "metrics.jsonl").exists():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "SIGTERM at step" in out, out[-2000:]
+  term_step = int(out.split("SIGTERM at step ")[1].split(":")[0])
+  assert 0 < term_step < 60 and (termed / "checkpoints" / str(term_step)).is_dir()
+  resumed = subprocess.run(train_cmd(termed), cwd=ROOT, env=env, capture_output=True, text=True)
+  assert resumed.returncode == 0 and f"starting at step {term_step}" in resumed.stdout, resumed.stderr[-2000:]
+  chex.assert_trees_all_close(
+      final[0], ckpt_lib.Checkpointer(termed, read_only=True).restore(60, target), rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
   result = loop.evaluate_checkpoint(config, work)
   logged = [r for r in logged_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
@@ -122,11 +138,15 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path):
   # The eval.py command line gives the same and writes its JSON.
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--config=configs/quickstart.py:smoke",
                         f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
-                        "--visualize=2"], cwd=ROOT, env=env, capture_output=True, text=True)
+                        "--visualize=2", "--confusion"], cwd=ROOT, env=env, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
   written = json.loads((work / f"eval_{result['step']}_test.json").read_text())
   assert written["accuracy"] == result["accuracy"] and written["count"] == 40
   assert len(written["figures"]) == 2
+  confusion = np.array(written["confusion"])
+  assert confusion.shape == (10, 10) and confusion.sum() == 40
+  assert confusion.trace() == round(written["accuracy"] * 40)
+  assert "true\\pred" in cli.stdout
   assert all(pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written["figures"])
 
 

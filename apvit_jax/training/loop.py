@@ -9,6 +9,8 @@ import concurrent.futures
 import dataclasses
 import json
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -115,16 +117,19 @@ def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | 
 
 def evaluate(run: Run, state, eval_step, data, split) -> dict:
   """Accuracy and mean loss over a whole split (padding masked out)."""
-  totals = {"loss": 0.0, "correct": 0.0, "count": 0.0}
+  totals = None
   pi, pc = jax.process_index(), jax.process_count()
   for idx, mask in batches.eval_batches(len(split), run.config.batch_size):
     local = batches.host_slice(idx, pi, pc)
     batch = host_batch(split, local, batches.host_slice(np.arange(len(idx)), pi, pc),
                        {"mask": batches.host_slice(mask, pi, pc)})
     sums = run.par.metrics(eval_step(state, data, run.par.shard(batch)))
-    totals = {k: totals[k] + sums[k] for k in totals}
+    totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
   n = totals["count"]
-  return {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+  result = {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+  if "confusion" in totals:
+    result["confusion"] = np.rint(totals["confusion"]).astype(int).tolist()
+  return result
 
 
 def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
@@ -140,6 +145,26 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
       f"workdir: {workdir}",
   ]
+
+
+class _StopOnSignal:
+  """Records SIGTERM (sent by Cloud TPU preemption, schedulers, `kill`) so the loop can checkpoint
+  before exiting; the previous handler comes back with `restore()`. Main thread only."""
+
+  def __init__(self):
+    self.requested = None
+    self._previous = None
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del frame
+    self.requested = signal.Signals(signum).name
+
+  def restore(self):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+      self._previous = None
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -201,10 +226,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm.tqdm(total=run.total_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                   dynamic_ncols=True, unit="step")
   t_start = time.time()
+  stop = _StopOnSignal()
   while step < run.total_steps:
     epoch_end = min((step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
     t0, first = None, step
-    while step < epoch_end:
+    while step < epoch_end and not stop.requested:
       batch = next_batch.result()
       next_batch = pool.submit(make_batch, step + 1) if step + 1 < run.total_steps else None
       state, metrics = train_step(state, train_data, batch, train_key)
@@ -216,6 +242,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       if step % config.log_every_steps == 0 or step == epoch_end:
         m = par.metrics(metrics)
         if not np.isfinite(m["loss"]):
+          stop.restore()
           ckpt.wait()
           raise FloatingPointError(f"loss is {m['loss']} at step {step}; last good checkpoint: "
                                    f"{ckpt.latest_step()} in {ckpt.directory}")
@@ -225,6 +252,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if step - first > 1:
       train_time += time.time() - t0
       train_images += (step - first - 1) * gb
+    if stop.requested:
+      break
     epoch = step / run.steps_per_epoch
     is_last = step == run.total_steps
     if is_last or round(epoch) % config.eval_every_epochs == 0:
@@ -237,6 +266,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
       ckpt.save(step, par.unreplicate(ckpt_lib.state_to_save(state)), last_eval)
   bar.close()
   pool.shutdown()
+  stop.restore()
+  if stop.requested:  # e.g. Cloud TPU preemption: save where we are, resume later with the same command
+    if ckpt.latest_step() != step:  # the step may have just been saved after its evaluation
+      ckpt.save(step, par.unreplicate(ckpt_lib.state_to_save(state)), None)
+    ckpt.wait()
+    ckpt.close()
+    if is_main:
+      print(f"{stop.requested} at step {step}: checkpoint saved in {ckpt.directory}; run the same "
+            f"command again to resume", flush=True)
+    return {"final_step": step, "interrupted_by": stop.requested}
   ckpt.wait()
   ckpt.close()
   summary = {"final_step": step, "best_accuracy": best["accuracy"], "best_step": best["step"],
@@ -253,9 +292,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
 
 def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: str = "test",
-                        figures: int = 0) -> dict:
+                        figures: int = 0, confusion: bool = False) -> dict:
   """Restores the best checkpoint (or `step`) and evaluates `split` ("test" or "train"). With figures=K,
-  also draws the patches of the split's first K images to WORKDIR/figures/ (see apvit_jax/visualize.py)."""
+  also draws the patches of the split's first K images to WORKDIR/figures/ (see apvit_jax/visualize.py);
+  with confusion, adds the confusion matrix (rows: true class, columns: predicted)."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
   if not (workdir / "checkpoints").is_dir():
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first with the same --config")
@@ -269,7 +309,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
   host_state = restore(run, ckpt, step)
   state = run.par.replicate(host_state)
   data_split = getattr(run.dataset, split)
-  eval_step = run.par.compile(step_lib.make_eval_step(config), num_args=3, donate_first=False)
+  eval_step = run.par.compile(step_lib.make_eval_step(config, confusion), num_args=3, donate_first=False)
   result = {"step": step, "split": split, **evaluate(run, state, eval_step, device_data(run, data_split),
                                                      data_split)}
   ckpt.close()

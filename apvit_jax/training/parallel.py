@@ -92,7 +92,7 @@ class Parallel:
     tree = jax.device_get(tree)
     if self.mode == "pmap":
       tree = jax.tree.map(lambda x: x[0], tree)
-    return {k: float(v) for k, v in tree.items()}
+    return {k: float(v) if np.ndim(v) == 0 else np.asarray(v) for k, v in tree.items()}
 
   def compile(self, fn, *, num_args: int, broadcast_last: bool = False, donate_first: bool = True):
     """fn(state, data, batch[, key]) per device -> the parallel version.

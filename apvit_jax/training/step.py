@@ -72,8 +72,9 @@ def make_train_step(config, schedule):
   return train_step
 
 
-def make_eval_step(config):
-  """-> eval_step(state, data, batch) -> sums {"loss", "correct", "count"} over the global batch."""
+def make_eval_step(config, confusion: bool = False):
+  """-> eval_step(state, data, batch) -> sums {"loss", "correct", "count"} over the global batch, and
+  with `confusion` a (classes, classes) count matrix, rows = true label, columns = prediction."""
 
   def eval_step(state, data, batch):
     images, labels = fetch(data, batch)
@@ -81,8 +82,13 @@ def make_eval_step(config):
     logits, _ = _apply(state, state.params, x, train=False)
     mask = batch["mask"].astype(jnp.float32)
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    sums = {"loss": jnp.sum(loss * mask), "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
+    predictions = jnp.argmax(logits, -1)
+    sums = {"loss": jnp.sum(loss * mask), "correct": jnp.sum((predictions == labels) * mask),
             "count": jnp.sum(mask)}
+    if confusion:
+      k = config.num_classes
+      sums["confusion"] = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, k) * mask[:, None],
+                                     jax.nn.one_hot(predictions, k))
     return jax.lax.psum(sums, AXIS)
 
   return eval_step

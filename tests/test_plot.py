@@ -1,0 +1,39 @@
+"""python -m apvit_jax.plot: curves read from metrics.jsonl, a resumed run's repeated steps, the PNG."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from apvit_jax import plot
+
+
+def write_metrics(workdir, records):
+  workdir.mkdir(parents=True, exist_ok=True)
+  (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def test_curves_by_epoch_with_a_resumed_run(tmp_path):
+  records = [{"step": 5, "split": "train", "loss": 2.0}, {"step": 10, "split": "train", "loss": 1.5},
+             {"step": 10, "split": "test", "loss": 1.6, "accuracy": 0.4, "epoch": 1.0},
+             {"step": 10, "split": "train", "loss": 1.4},  # resumed at step 5: step 10 logged again
+             {"step": 20, "split": "test", "loss": 1.2, "accuracy": 0.6, "epoch": 2.0}]
+  write_metrics(tmp_path, records)
+  c = plot.curves(plot.read_metrics(tmp_path))
+  assert c["train_loss"] == ([0.5, 1.0], [2.0, 1.4])
+  assert c["test_accuracy"] == ([1.0, 2.0], [0.4, 0.6])
+  assert c["test_loss"] == ([1.0, 2.0], [1.6, 1.2])
+
+
+def test_command_writes_a_png(tmp_path):
+  for name, acc in (("a", 0.5), ("b", 0.7)):
+    write_metrics(tmp_path / name, [{"step": 4, "split": "train", "loss": 1.0},
+                                    {"step": 4, "split": "test", "loss": 0.9, "accuracy": acc, "epoch": 1.0}])
+  out = subprocess.run([sys.executable, "-m", "apvit_jax.plot", str(tmp_path / "a"), str(tmp_path / "b"),
+                        f"--out={tmp_path / 'c.png'}"], capture_output=True, text=True,
+                       cwd=pathlib.Path(__file__).resolve().parents[1])
+  assert out.returncode == 0, out.stderr
+  assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
+    plot.read_metrics(tmp_path / "missing")
