@@ -239,3 +239,20 @@ def test_unknown_config_field_on_command_line(tmp_path):
                        text=True)
   assert out.returncode != 0 and "modle" in out.stderr
   assert not (tmp_path / "checkpoints").exists()
+
+
+def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path):
+  """An absurd learning rate makes the loss NaN within a few steps: by default the run stops naming the
+  step and the kept checkpoint; with skip_nonfinite_steps the bad steps change nothing and it finishes."""
+  blowup = {"optim.lr": 1e12, "optim.warmup_epochs": 0.0, "total_steps": 8,
+            "log_every_steps": 1}
+  loop.train_and_evaluate(tiny_config(total_steps=4, log_every_steps=1), tmp_path / "run")
+  with pytest.raises(FloatingPointError, match=r"at step [5-8] .* step 4 in .*checkpoints, is kept"):
+    loop.train_and_evaluate(tiny_config(**blowup), tmp_path / "run")
+  assert ckpt_lib.Checkpointer(tmp_path / "run", read_only=True).latest_step() == 4
+  summary = loop.train_and_evaluate(tiny_config(skip_nonfinite_steps=True, **blowup), tmp_path / "run")
+  assert summary["final_step"] == 8
+  skipped = [r["skipped"] for r in logged_metrics(tmp_path / "run") if r["split"] == "train" and "skipped" in r]
+  assert len(skipped) == 4 and max(skipped) == 1.0
+  params = ckpt_lib.Checkpointer(tmp_path / "run", read_only=True).restore_saved(8)["params"]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))

@@ -241,11 +241,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
         t0 = time.time()
       if step % config.log_every_steps == 0 or step == epoch_end:
         m = par.metrics(metrics)
-        if not np.isfinite(m["loss"]):
+        if not np.isfinite(m["loss"]) and not config.get("skip_nonfinite_steps", False):
           stop.restore()
           ckpt.wait()
-          raise FloatingPointError(f"loss is {m['loss']} at step {step}; last good checkpoint: "
-                                   f"{ckpt.latest_step()} in {ckpt.directory}")
+          raise FloatingPointError(
+              f"loss is {m['loss']} at step {step} (checked every {config.log_every_steps} steps); the last "
+              f"good checkpoint, step {ckpt.latest_step()} in {ckpt.directory}, is kept. Lower the learning "
+              f"rate, or set --config.skip_nonfinite_steps=True to skip such steps")
         bar.set_postfix(loss=f"{m['loss']:.3f}", refresh=False)
         writer.write(step, "train", m, echo=None if config.progress_bar else print)
     jax.block_until_ready(state.step)

@@ -61,12 +61,20 @@ def make_train_step(config, schedule):
     grads = jax.lax.pmean(grads, AXIS)
     batch_stats = jax.lax.pmean(batch_stats, AXIS)
     new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
+    grad_norm = optax.tree.norm(grads)  # the same on every device (after pmean)
     metrics = {
         "loss": loss,
         "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "lr": schedule(state.step),
     }
+    if config.get("skip_nonfinite_steps", False):
+      # A non-finite loss or gradient leaves parameters and optimizer state as they were; the step (and
+      # so the batch order) still advances.
+      ok = jnp.isfinite(jax.lax.pmean(loss, AXIS)) & jnp.isfinite(grad_norm)
+      kept = state.replace(step=state.step + 1)
+      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, kept)
+      metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
     return new_state, jax.lax.pmean(metrics, AXIS)
 
   return train_step
