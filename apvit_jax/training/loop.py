@@ -149,13 +149,23 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
 
 class _StopOnSignal:
   """Records SIGTERM (sent by Cloud TPU preemption, schedulers, `kill`) so the loop can checkpoint
-  before exiting; the previous handler comes back with `restore()`. Main thread only."""
+  before exiting; the previous handler comes back with `restore()`. Main thread only.
 
-  def __init__(self):
+  With several hosts all of them must stop at the same step (a checkpoint is a collective save): there
+  the decision is orbax's `reached_preemption`, JAX's preemption sync point across hosts.
+  """
+
+  def __init__(self, ckpt):
     self.requested = None
     self._previous = None
-    if threading.current_thread() is threading.main_thread():
+    self._ckpt = ckpt
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
       self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def check(self, step: int) -> bool:
+    if jax.process_count() > 1 and self._ckpt.manager.reached_preemption(step):
+      self.requested = "preemption"
+    return self.requested is not None
 
   def _handle(self, signum, frame):
     del frame
@@ -226,11 +236,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm.tqdm(total=run.total_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                   dynamic_ncols=True, unit="step")
   t_start = time.time()
-  stop = _StopOnSignal()
+  stop = _StopOnSignal(ckpt)
   while step < run.total_steps:
     epoch_end = min((step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
     t0, first = None, step
-    while step < epoch_end and not stop.requested:
+    while step < epoch_end and not stop.check(step):
       batch = next_batch.result()
       next_batch = pool.submit(make_batch, step + 1) if step + 1 < run.total_steps else None
       state, metrics = train_step(state, train_data, batch, train_key)
