@@ -38,6 +38,7 @@ def plot(workdirs, out) -> pathlib.Path:
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
+  from apvit_jax.visualize import save_figure
   fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
   for workdir in workdirs:
     label = pathlib.Path(workdir).resolve().name
@@ -47,12 +48,7 @@ def plot(workdirs, out) -> pathlib.Path:
       ax.set_xlabel("epoch" if x else "")
       ax.grid(alpha=0.3)
   axes[2].legend(fontsize=8)
-  fig.tight_layout()
-  out = pathlib.Path(out)
-  out.parent.mkdir(parents=True, exist_ok=True)
-  fig.savefig(out, dpi=110)
-  plt.close(fig)
-  return out
+  return save_figure(fig, out)
 
 
 def main(argv=None):

@@ -68,6 +68,12 @@ def patch_figure(image: np.ndarray, theta: np.ndarray, patches: np.ndarray, grid
   show(axes[3], mosaic(np.asarray(patches)))
   if title:
     fig.suptitle(title, fontsize=10)
+  return save_figure(fig, path)
+
+
+def save_figure(fig, path) -> pathlib.Path:
+  """Lays out, writes (creating folders) and closes a matplotlib figure. -> path."""
+  import matplotlib.pyplot as plt
   fig.tight_layout()
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)

@@ -51,10 +51,15 @@ def smoke_offline(c):
   return smoke(c)
 
 
-def get_config(arg: str | None = None):
-  c = pit_recipe(base_config(), "Ti/1")
+def pit_config(variant: str, arg: str | None):
+  """The recipe for `variant`, or its offline smoke version with arg "smoke"."""
+  c = pit_recipe(base_config(), variant)
   if arg == "smoke":
     smoke_offline(c)
   elif arg:
     raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
   return c
+
+
+def get_config(arg: str | None = None):
+  return pit_config("Ti/1", arg)

@@ -7,14 +7,8 @@ differ only in the patch size. About a quarter of PiT-T's encoder FLOPs.
 Measured: not yet (no GPU was available to this task).
 Smoke: --config=configs/vit_t2_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
-from apvit_jax.base_config import base_config
-from configs.pit_t_cifar100 import pit_recipe, smoke_offline
+from configs.pit_t_cifar100 import pit_config
 
 
 def get_config(arg: str | None = None):
-  c = pit_recipe(base_config(), "Ti/2")
-  if arg == "smoke":
-    smoke_offline(c)
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
-  return c
+  return pit_config("Ti/2", arg)
