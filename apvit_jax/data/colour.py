@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-_LUMA = jnp.array([0.299, 0.587, 0.114], jnp.float32)  # torchvision's rgb_to_grayscale weights
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # torchvision's rgb_to_grayscale weights
 
 
 def grayscale(x: jax.Array) -> jax.Array:

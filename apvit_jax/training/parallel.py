@@ -20,12 +20,21 @@ MODES = ("pmap", "shard_map")
 
 def maybe_initialize_distributed(enabled) -> None:
   """Multi-host start-up (TPU pods, multi-node GPU). `jax.distributed.initialize()` reads the cluster
-  from the environment (Cloud TPU metadata, SLURM, or JAX_COORDINATOR_ADDRESS & co).
+  from the environment: Cloud TPU metadata, SLURM, or, for any other launcher,
+  JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 
   enabled: True always initialises, False never, "auto" when such an environment is detected.
   """
   if enabled is True or (enabled == "auto" and _multi_host_environment()):
-    jax.distributed.initialize()
+    env = os.environ
+    explicit = {}  # a plain launcher (no SLURM/TPU metadata): JAX_NUM_PROCESSES and JAX_PROCESS_ID
+    for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+      if key in env:
+        try:
+          explicit[name] = int(env[key])
+        except ValueError:
+          raise ValueError(f"environment variable {key}={env[key]!r} is not an integer") from None
+    jax.distributed.initialize(**explicit)
 
 
 def _multi_host_environment() -> bool:

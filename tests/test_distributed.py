@@ -1,0 +1,114 @@
+"""Multi-process training: a real two-process run on localhost (jax.distributed over gloo, two fake CPU
+devices per process, each process building only its own half of every global batch) logs the same losses
+and ends with the same parameters as one process with four devices."""
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import chex
+import jax
+
+from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import loop
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 6
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def command(workdir, mode):
+  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:smoke",
+          f"--workdir={workdir}", f"--config.parallel={mode}", "--config.progress_bar=False",
+          "--config.log_every_steps=1", f"--config.total_steps={STEPS}", "--config.checkpoint.async_save=False"]
+
+
+def base_env(devices: int) -> dict:
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC",
+                                                                 "JAX_PROCESS_ID"))}
+  return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+
+
+def train_losses(workdir) -> dict:
+  rows = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}
+
+
+def test_importing_the_entry_points_leaves_the_backend_uninitialised():
+  """jax.distributed.initialize() must come before any backend use; a module-level jnp constant broke
+  every multi-host start once. Checked in a fresh interpreter."""
+  code = ("from jax._src import xla_bridge as xb\n"
+          "import train, apvit_jax.training.loop, apvit_jax.visualize, apvit_jax.plot\n"
+          "import configs.quickstart as q, configs.apvit_cifar10 as a, configs.pit_t_cifar100 as p\n"
+          "q.get_config('smoke'); a.get_config('smoke'); p.get_config('smoke')\n"
+          "assert not xb._backends, list(xb._backends)\n")
+  out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**base_env(2), "PYTHONPATH": str(ROOT)},
+                       capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_two_processes_match_one_process(tmp_path):
+  """One reference process (4 devices) and two 2-process runs (pmap and shard_map), all at once."""
+  ref_dir = tmp_path / "one_process"
+  launches = {ref_dir: [(command(ref_dir, "shard_map"), base_env(4))]}
+  for mode in ("pmap", "shard_map"):
+    port = free_port()
+    launches[tmp_path / mode] = [
+        (command(tmp_path / mode, mode), {**base_env(2), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                                          "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+        for i in range(2)]
+  procs = {d: [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for cmd, env in runs] for d, runs in launches.items()}
+  outs = {}
+  try:
+    for d, ps in procs.items():
+      outs[d] = [p.communicate(timeout=400) for p in ps]
+  finally:
+    for ps in procs.values():
+      for p in ps:
+        p.kill()
+  for d, ps in procs.items():
+    for p, (_, err) in zip(ps, outs[d]):
+      assert p.returncode == 0, (d.name, err[-3000:])
+  assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0][0]
+  expected = train_losses(ref_dir)
+  assert sorted(expected) == list(range(1, STEPS + 1))
+  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(_config("shard_map")).state))
+  reference = _split_key_biases(ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(STEPS, target))
+  for mode in ("pmap", "shard_map"):
+    (out0, _), (out1, _) = outs[tmp_path / mode]
+    assert "devices: 4 (cpu, 2 host(s))" in out0
+    assert "FINAL" in out0 and "FINAL" not in out1  # process 0 alone reports
+    got = train_losses(tmp_path / mode)
+    assert sorted(got) == sorted(expected)
+    for s in expected:
+      assert abs(got[s] - expected[s]) <= 1e-5 * abs(expected[s]), (mode, s, got[s], expected[s])
+    final = _split_key_biases(ckpt_lib.Checkpointer(tmp_path / mode, read_only=True).restore(STEPS, target))
+    chex.assert_trees_all_close(final[0], reference[0], rtol=1e-5, atol=1e-6)
+    # Attention key biases have an exactly-zero gradient (softmax ignores a shift shared by all keys), so
+    # Adam scales their rounding noise up to lr-sized steps: compared only as closely as lr allows.
+    chex.assert_trees_all_close(final[1], reference[1], atol=STEPS * 2e-3)
+
+
+def _split_key_biases(tree):
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  is_key_bias = [("key" in jax.tree_util.keystr(p) and "bias" in jax.tree_util.keystr(p)) for p, _ in flat]
+  assert any(is_key_bias)
+  return ([x for (_, x), k in zip(flat, is_key_bias) if not k], [x for (_, x), k in zip(flat, is_key_bias) if k])
+
+
+def _config(mode):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("quickstart", ROOT / "configs" / "quickstart.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config("smoke")
+  c.parallel, c.total_steps = mode, STEPS
+  return c
