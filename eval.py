@@ -17,7 +17,7 @@ from apvit_jax.training.loop import evaluate_checkpoint
 
 config_flags.DEFINE_config_file("config", None, "The config file the run was trained with "
                                 "(configs/NAME.py[:ARG]), with the same overrides.", lock_config=True)
-flags.DEFINE_string("workdir", None, "The training run's workdir.")
+flags.DEFINE_string("workdir", None, "The training run's workdir (the --workdir given to train.py).")
 flags.DEFINE_integer("step", None, "Checkpoint step to evaluate; default: the best by test accuracy.")
 flags.DEFINE_enum("split", "test", ["test", "train"], "Which split to evaluate.")
 flags.DEFINE_integer("visualize", 0, "Draw patch figures for this many images of the split "

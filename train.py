@@ -1,6 +1,13 @@
 """Train a model from a config file. Re-running the same command on the same workdir resumes.
 
   python train.py --config=configs/quickstart.py --workdir=workdirs/quickstart [--config.FIELD=VALUE ...]
+
+Every config field, its default and its meaning are listed in apvit_jax/base_config.py; each file in
+configs/ states its command, data, expected accuracy and time, and takes the argument :smoke.
+Examples: --config.batch_size=256 --config.model.dtype=bfloat16 --config.parallel=shard_map.
+SIGTERM (e.g. Cloud TPU preemption) saves a checkpoint and exits; run the same command to resume.
+Several hosts: run the same command on every host (docs/tpu_and_multi_gpu.md); outside TPU pods and SLURM
+set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 """
 from absl import app, flags, logging
 from ml_collections import config_flags

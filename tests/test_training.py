@@ -181,6 +181,9 @@ def test_every_config_smoke(path, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ({"model.patch_size": 7}, "not divisible by patch size 7"),
+    ({"model.patch_size": 64}, "patch size 64 is larger than the 40x40 image"),
+    ({"model.front_end": "adaptive", "model.adaptive.num_patches": 1601}, "more patches than fit a 40x40"),
+    ({"model.front_end": "adaptive", "model.adaptive.num_patches": -1}, "num_patches=-1"),
     ({"batch_size": 12}, "not divisible by the device count"),
     ({"data.name": "imagenet"}, "unknown dataset name 'imagenet'"),
     ({"model.name": "resnet"}, "unknown model.name='resnet'"),
@@ -234,11 +237,30 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
   assert {p: p.stat().st_mtime_ns for p in (tmp_path / "checkpoints").rglob("*")} == before
 
 
-def test_unknown_config_field_on_command_line(tmp_path):
-  out = subprocess.run(train_cmd(tmp_path, "--config.modle.variant=S/8"), cwd=ROOT, capture_output=True,
-                       text=True)
-  assert out.returncode != 0 and "modle" in out.stderr
-  assert not (tmp_path / "checkpoints").exists()
+@pytest.mark.parametrize("flag,message", [
+    ("--config.modle.variant=S/8", "modle"),                       # unknown field
+    ("--config.batch_size=many", "batch_size"),                    # wrong type
+    ("--config.optim.lr=fast", "optim.lr"),
+    ("--config=configs/quickstart.py:tiny", "unknown config arg 'tiny'"),
+])
+def test_bad_command_line_fails_before_any_work(tmp_path, flag, message):
+  args = train_cmd(tmp_path, flag)
+  if flag.startswith("--config="):  # replaces the config file itself
+    args.remove("--config=configs/quickstart.py:smoke")
+  out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+  assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+  assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
+
+
+def test_corrupted_checkpoint_is_named_and_left_untouched(tmp_path):
+  loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
+  step_dir = tmp_path / "checkpoints" / "4"
+  data = max((f for f in step_dir.rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+  data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])   # a half-copied file
+  before = {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()}
+  with pytest.raises(ckpt_lib.CheckpointCorrupt, match=f"checkpoint {step_dir} is corrupted or truncated"):
+    loop.train_and_evaluate(tiny_config(total_steps=8), tmp_path)
+  assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
 
 
 def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path):
@@ -256,3 +278,18 @@ def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path):
   assert len(skipped) == 4 and max(skipped) == 1.0
   params = ckpt_lib.Checkpointer(tmp_path / "run", read_only=True).restore_saved(8)["params"]
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(params))
+
+
+@pytest.mark.parametrize("script,flags", [("train.py", ["--config", "--workdir"]),
+                                          ("eval.py", ["--config", "--workdir", "--step", "--split",
+                                                       "--visualize", "--confusion", "--output"])])
+def test_help_explains_every_flag(script, flags):
+  out = subprocess.run([sys.executable, str(ROOT / script), "--helpshort"], cwd=ROOT, capture_output=True,
+                       text=True)
+  text = out.stdout  # absl exits with status 1 after printing the help
+  assert "python " + script in text, out.stderr[-1000:]  # the usage line from the module docstring
+  for flag in flags:
+    name = flag.removeprefix("--")
+    head = f"  --{name}:" if f"  --{name}:" in text else f"  --[no]{name}:"
+    entry = text.split(head)[1].split("\n  --")[0]
+    assert len(entry.split()) >= 4, (flag, entry)  # a sentence, not a bare name

@@ -50,6 +50,9 @@ def check_image_fits(model_cfg, image_shape) -> None:
   arch = architecture(model_cfg)
   p = arch["patch_size"]
   h, w = image_shape[:2]
+  if p > min(h, w):
+    raise ValueError(f"patch size {p} is larger than the {h}x{w} image (model.variant={model_cfg.variant!r}, "
+                     f"model.patch_size={model_cfg.get('patch_size', 0)})")
   if model_cfg.get("front_end", "grid") == "grid":
     if h % p or w % p:
       raise ValueError(f"image size {h}x{w} is not divisible by patch size {p} "
@@ -59,8 +62,9 @@ def check_image_fits(model_cfg, image_shape) -> None:
   _choice(a.stn, STNS, "model.adaptive.stn")
   _choice(a.posemb, ADAPTIVE_POSEMBS, "model.adaptive.posemb")
   _choice(a.posemb_lookup, LOOKUPS, "model.adaptive.posemb_lookup")
-  if a.num_patches < 0:
-    raise ValueError(f"model.adaptive.num_patches must be >= 0, got {a.num_patches}")
+  if not 0 <= a.num_patches <= h * w:  # patches may overlap, but more of them than pixels is an error
+    raise ValueError(f"model.adaptive.num_patches={a.num_patches}: more patches than fit a {h}x{w} image "
+                     f"(at most one per pixel, {h * w}); 0 means the ViT grid's {(h // p) * (w // p)}")
   if a.posemb == "interpolate" and (h < p or w < p):
     raise ValueError(f"model.adaptive.posemb='interpolate' needs a grid of at least one {p}x{p} cell in "
                      f"the {h}x{w} image")

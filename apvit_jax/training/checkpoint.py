@@ -16,6 +16,15 @@ class CheckpointMismatch(ValueError):
   """A checkpoint that does not fit the model/optimizer the config builds."""
 
 
+class CheckpointCorrupt(ValueError):
+  """A checkpoint whose files cannot be read back (truncated, overwritten, half-copied)."""
+
+
+# How orbax/tensorstore/json report unreadable bytes, as opposed to a structure that does not fit.
+_CORRUPTION_SIGNS = ("DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "is not valid for value of size",
+                     "Unterminated string", "Expecting value", "Expecting ',' delimiter")
+
+
 def state_to_save(state) -> dict:
   """The parts of a TrainState that a checkpoint holds (functions and static fields are rebuilt)."""
   step = state.step if isinstance(state.step, jax.Array) else np.asarray(state.step, np.int64)
@@ -55,6 +64,12 @@ class Checkpointer:
       restored = self.manager.restore(
           step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     except (ValueError, KeyError, TypeError) as e:
+      if any(sign in str(e) for sign in _CORRUPTION_SIGNS):
+        others = [s for s in self.manager.all_steps() if s != step]
+        raise CheckpointCorrupt(
+            f"checkpoint {self.directory}/{step} is corrupted or truncated and cannot be read "
+            f"({str(e).splitlines()[0][:300]}). Nothing was changed; move that step's folder aside to resume "
+            f"from another step (available: {others}), or use a new workdir") from e
       raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not match the model the "
                                f"config builds: {e}") from e
     mismatched = []
