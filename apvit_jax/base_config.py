@@ -33,6 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_train = 10_000
   c.data.num_test = 2_000
   c.data.canvas = 40
+  c.data.digits = "mnist_raw"   # megapixel_mnist / mnist_resized: "mnist_raw", "tfds:mnist" or "builtin"
 
   c.augment = ml_collections.ConfigDict()
   c.augment.crop_padding = 0   # random crop after zero padding by this many pixels
@@ -81,6 +82,25 @@ def base_config() -> ml_collections.ConfigDict:
   a.posemb = "interpolate"     # interpolate (APViT) | translation (DPS, concatenated) | learn | none
   a.pos_dim = 32               # posemb="translation": width of the concatenated code
   a.posemb_lookup = "cell_centres"  # or "seed" (the published align-corners mapping)
+
+  i = c.model.ips = ml_collections.ConfigDict()  # model.name="ips": apvit_jax/models/ips.py
+  i.encoder = "resnet18"       # resnet18 | resnet50 | features (LayerNorm -> Linear -> BN -> ReLU)
+  i.num_stages = 2             # ResNet stages kept (1..4)
+  i.patch_size = 50
+  i.patch_stride = 50
+  i.memory = 100               # M: patches kept and re-encoded with gradients
+  i.chunk = 100                # I: patches scored per iteration of the selection scan
+  i.loading = "eager"          # eager | eager_sequential | lazy (patches stay on the host)
+  i.dim = 128                  # D
+  i.num_heads = 8
+  i.head_dim = 16              # d_k = d_v
+  i.mlp_dim = 512
+  i.num_tokens = 0             # 0: one query token per task
+  i.use_pos = True             # 1-D sinusoidal code of the patch index, for scoring and the final pass
+  i.dropout = 0.1
+  i.attn_dropout = 0.1
+  i.tasks = ""                 # comma-separated subset of the dataset's tasks; "": all of them
+  c.log_efficiency = False     # log ms per step and peak device memory at every log step
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adamw"       # or "sgd" (momentum = b1)

@@ -5,6 +5,9 @@ or, for datasets too large for memory (tfds `in_memory=False`), a `StreamingSpli
 - "cifar10_raw" / "cifar100_raw": the official python batches (`cifar-10-batches-py/`, `cifar-100-python/`).
 - "mnist_raw" / "fashion_mnist_raw": MNIST-style idx `.gz` folders.
 - "tfds:NAME" (e.g. "tfds:cifar10", "tfds:imagenet2012"): `tfds.data_source`, no TensorFlow at train time.
+- "megapixel_mnist" (data/megapixel.py) and "mnist_resized" (MNIST upscaled to data.image_size): large
+  images drawn on demand, for IPS. Their digits come from data.digits: "mnist_raw" (idx files in
+  data.data_dir), "tfds:mnist", or "builtin" (scikit-learn's digits at 28x28, offline, for smoke tests).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from typing import Sequence
 import numpy as np
 
 RAW_SOURCES = ("cluttered_digits", "cifar10_raw", "cifar100_raw", "mnist_raw", "fashion_mnist_raw")
+LARGE_IMAGE_SOURCES = ("megapixel_mnist", "mnist_resized")
 
 
 @dataclasses.dataclass
@@ -43,6 +47,11 @@ class Dataset:
   test: Split
   num_classes: int
   name: str
+  tasks: dict | None = None   # {task: (num_classes, "softmax" | "sigmoid")}; None: one softmax "label"
+
+  @property
+  def task_spec(self) -> dict:
+    return self.tasks or {"label": (self.num_classes, "softmax")}
 
   @property
   def image_shape(self) -> tuple[int, int, int]:
@@ -62,8 +71,12 @@ def load(data_cfg) -> Dataset:
   if name == "cluttered_digits":
     return cluttered_digits(seed=data_cfg.get("seed", 0), num_train=data_cfg.get("num_train", 10_000),
                             num_test=data_cfg.get("num_test", 2_000), canvas=data_cfg.get("canvas", 40))
+  if name in LARGE_IMAGE_SOURCES:
+    from apvit_jax.data import megapixel
+    return megapixel.load(data_cfg, load_digits_28(data_cfg))
   if name not in RAW_SOURCES:
-    raise ValueError(f"unknown dataset name {name!r}; choose from {RAW_SOURCES} or 'tfds:NAME'")
+    raise ValueError(f"unknown dataset name {name!r}; choose from {RAW_SOURCES + LARGE_IMAGE_SOURCES} or "
+                     f"'tfds:NAME'")
   data_dir = data_cfg.get("data_dir")
   if not data_dir:
     raise DataError(f"dataset {name!r} reads raw files: set --config.data.data_dir=PATH")
@@ -201,6 +214,48 @@ def cluttered_digits(seed: int = 0, num_train: int = 10_000, num_test: int = 2_0
 
   return Dataset(make(1, sources["train"], num_train), make(2, sources["test"], num_test), 10,
                  "cluttered_digits")
+
+
+def load_digits_28(data_cfg) -> Dataset:
+  """28x28 digits for the large-image datasets, from data.digits (see the module docstring)."""
+  source = data_cfg.get("digits", "mnist_raw")
+  if source == "builtin":
+    from sklearn.datasets import load_digits  # bundled: no download
+    d = load_digits()
+    big = np.pad(np.kron(d.images / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))  # 8 -> 24 -> 28
+    images = (big * 255).round().astype(np.uint8)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    test, train = order[:len(order) // 5], order[len(order) // 5:]
+    labels = d.target.astype(np.int32)
+    return Dataset(Split(images[train], labels[train]), Split(images[test], labels[test]), 10, "builtin_digits")
+  if source == "mnist_raw":
+    if not data_cfg.get("data_dir"):
+      raise DataError("data.digits='mnist_raw' reads MNIST idx files: set --config.data.data_dir=PATH")
+    return load_mnist_idx(data_cfg.data_dir)
+  if source.startswith("tfds:"):
+    return load_tfds(source[5:], data_cfg.get("data_dir") or None, None)
+  raise ValueError(f"unknown data.digits={source!r}; choose 'mnist_raw', 'tfds:mnist' or 'builtin'")
+
+
+@dataclasses.dataclass
+class ResizedSplit:
+  """In-memory small images, upscaled (bilinear, PIL) to size x size when read; `get` as StreamingSplit."""
+  images: np.ndarray
+  labels: np.ndarray
+  size: int
+
+  def __len__(self):
+    return len(self.labels)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.size, self.size, self.images.shape[-1])
+
+  def get(self, indices):
+    from PIL import Image
+    resize = lambda im: np.asarray(Image.fromarray(im[..., 0]).resize((self.size, self.size), Image.BILINEAR))
+    indices = np.asarray(indices)
+    return np.stack([resize(self.images[i]) for i in indices])[..., None], self.labels[indices]
 
 
 # --- tfds ----------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from apvit_jax.models.posembed import LOOKUPS
 from apvit_jax.models.stn import STNS
 from apvit_jax.models.vit import ViT, decode_variant
 
-MODELS = ("vit",)
+MODELS = ("vit", "ips")
 FRONT_ENDS = ("grid", "adaptive")   # grid: ViT / PiT; adaptive: DPS-ViT, APViT
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
@@ -28,11 +28,15 @@ def architecture(model_cfg) -> dict:
   return arch
 
 
-def build_model(model_cfg, num_classes: int):
-  """config.model -> a Flax module whose __call__(images, *, train) returns (logits, intermediates)."""
+def build_model(model_cfg, num_classes: int, tasks=None):
+  """config.model -> a Flax module returning (logits, intermediates): ViTs take (images, *, train);
+  IPS takes (patches, positions, *, train) and returns a dict of logits per task (`tasks`, as from
+  training.step.tasks_of)."""
   _choice(model_cfg.name, MODELS, "model.name")
   _choice(model_cfg.dtype, DTYPES, "model.dtype")
   _choice(model_cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
+  if model_cfg.name == "ips":
+    return build_ips(model_cfg, tasks)
   front_end = model_cfg.get("front_end", "grid")
   _choice(front_end, FRONT_ENDS, "model.front_end")
   vit_kwargs = dict(posemb=model_cfg.get("posemb", "learn"), pool=model_cfg.get("pool", "token"),
@@ -45,8 +49,39 @@ def build_model(model_cfg, num_classes: int):
   return adaptive_vit(num_classes, vit_kwargs, model_cfg.adaptive.to_dict())
 
 
+def build_ips(model_cfg, tasks):
+  from apvit_jax.models.ips import IPSNet
+  c = model_cfg.ips
+  return IPSNet(tasks=tuple((name, classes) for name, classes, _ in tasks), encoder=c.encoder,
+                num_stages=c.num_stages, dim=c.dim, num_heads=c.num_heads, head_dim=c.head_dim,
+                mlp_dim=c.mlp_dim, num_tokens=c.num_tokens, use_pos=c.use_pos, attn_dropout=c.attn_dropout,
+                dropout=c.dropout, dtype=DTYPES[model_cfg.dtype])
+
+
+def check_ips(model_cfg, image_shape) -> int:
+  """Validates config.model.ips for images of this shape -> the number of selected patches M'."""
+  from apvit_jax.models import ips
+  c = model_cfg.ips
+  _choice(c.encoder, ips.ENCODERS, "model.ips.encoder")
+  _choice(c.loading, ips.LOADING, "model.ips.loading")
+  gh, gw = ips.patch_grid(image_shape[:2], c.patch_size, c.patch_stride)
+  n = gh * gw
+  ips.check_memory(n, c.memory, c.chunk)
+  if c.memory > n:
+    raise ValueError(f"model.ips.memory M={c.memory} is larger than the number of patches N={n} "
+                     f"({gh}x{gw} of {c.patch_size}px, stride {c.patch_stride}); use M <= N (M = N uses all)")
+  if c.encoder != "features" and not 1 <= c.num_stages <= 4:
+    raise ValueError(f"model.ips.num_stages={c.num_stages} must be in 1..4")
+  if c.dim % 2 and c.use_pos:
+    raise ValueError(f"model.ips.dim={c.dim} must be even for the sinusoidal position code")
+  return n
+
+
 def check_image_fits(model_cfg, image_shape) -> None:
   """Raises before any compilation when the model cannot be built for images of this shape."""
+  if model_cfg.name == "ips":
+    check_ips(model_cfg, image_shape)
+    return
   arch = architecture(model_cfg)
   p = arch["patch_size"]
   h, w = image_shape[:2]

@@ -62,12 +62,41 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
     if not (src.is_file() or (src / "checkpoints").is_dir()):
       raise FileNotFoundError(f"config.init_from={config.init_from!r}: neither a .npz file nor a workdir "
                               f"with checkpoints/")
-  model = build_model(config.model, dataset.num_classes)
+  tasks = select_tasks(config, dataset)
+  with config.unlocked():
+    config.tasks = tasks
+  model = build_model(config.model, dataset.num_classes, tasks)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
   state = state_lib.create_state(model, tx, jax.random.fold_in(jax.random.key(config.seed), 0),
-                                 dataset.image_shape)
+                                 dataset.image_shape, init_inputs(config, dataset.image_shape))
   return Run(config, dataset, par, model, schedule, state, steps_per_epoch, total_steps, per_device)
+
+
+def select_tasks(config, dataset) -> tuple:
+  """The (name, num_classes, activation) tasks trained: all of the dataset's, or for IPS the subset
+  named in model.ips.tasks. Only IPS has one head per task."""
+  spec = dataset.task_spec
+  wanted = [t.strip() for t in config.model.ips.tasks.split(",") if t.strip()] if config.model.name == "ips" else []
+  unknown = [t for t in wanted if t not in spec]
+  if unknown:
+    raise ValueError(f"model.ips.tasks names {unknown}, which dataset {dataset.name!r} has no labels (and the "
+                     f"model no heads) for; its tasks are {list(spec)}")
+  if config.model.name != "ips" and len(spec) > 1:
+    raise ValueError(f"dataset {dataset.name!r} has {len(spec)} tasks {list(spec)}; model.name="
+                     f"{config.model.name!r} has one head: use model.name='ips'")
+  return tuple((name, *spec[name]) for name in (wanted or spec))
+
+
+def init_inputs(config, image_shape):
+  """Dummy inputs for model.init: None (one image) for ViTs; IPS's (patches, positions) of one image."""
+  if config.model.name != "ips":
+    return None
+  c = config.model.ips
+  from apvit_jax.models import ips
+  gh, gw = ips.patch_grid(image_shape[:2], c.patch_size, c.patch_stride)
+  m = min(c.memory, gh * gw)
+  return (np.zeros((1, m, c.patch_size, c.patch_size, image_shape[-1]), np.float32), np.zeros((1, m), np.int32))
 
 
 def pretrained_state(run: Run, path) -> state_lib.TrainState:
@@ -99,37 +128,57 @@ def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.Train
                            opt_state=restored["opt_state"], batch_stats=restored["batch_stats"])
 
 
-def device_data(run: Run, split: sources.Split | sources.StreamingSplit):
-  """In-memory splits live on every device; streaming splits return {} (batches carry images)."""
-  if isinstance(split, sources.StreamingSplit):
+def device_data(run: Run, split):
+  """In-memory splits live on every device; on-demand splits return {} (batches carry images)."""
+  if not isinstance(split, sources.Split):
     return {}
   return run.par.replicate({"images": split.images, "labels": split.labels})
 
 
 def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | None = None) -> dict:
   batch = {"position": positions.astype(np.int32), **(extra or {})}
-  if isinstance(split, sources.StreamingSplit):
+  if not isinstance(split, sources.Split):
     batch["images"], batch["labels"] = split.get(indices)
   else:
     batch["index"] = indices.astype(np.int32)
   return batch
 
 
+def host_selection(run: Run):
+  """IPS with lazy loading: the host-side selection applied to each batch before sharding; else None."""
+  if run.config.model.name != "ips" or run.config.model.ips.loading != "lazy":
+    return None
+  from apvit_jax.training.ips_inputs import HostSelection
+  return HostSelection(run.config, run.model, run.par.local_devices[0])
+
+
 def evaluate(run: Run, state, eval_step, data, split) -> dict:
   """Accuracy and mean loss over a whole split (padding masked out)."""
   totals = None
   pi, pc = jax.process_index(), jax.process_count()
+  select = host_selection(run)
   for idx, mask in batches.eval_batches(len(split), run.config.batch_size):
     local = batches.host_slice(idx, pi, pc)
     batch = host_batch(split, local, batches.host_slice(np.arange(len(idx)), pi, pc),
                        {"mask": batches.host_slice(mask, pi, pc)})
+    if select:  # the eval step's key is key(0), as here
+      batch = select(batch, run.par.first_copy(state), jax.random.key(0))
     sums = run.par.metrics(eval_step(state, data, run.par.shard(batch)))
     totals = sums if totals is None else {k: totals[k] + sums[k] for k in totals}
   n = totals["count"]
-  result = {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n)}
+  result = {"accuracy": totals["correct"] / n, "loss": totals["loss"] / n, "count": int(n),
+            **{"accuracy/" + k.split("/", 1)[1]: totals[k] / n for k in totals if k.startswith("correct/")}}
   if "confusion" in totals:
     result["confusion"] = np.rint(totals["confusion"]).astype(int).tolist()
   return result
+
+
+def model_description(m) -> str:
+  if m.name == "ips":
+    i = m.ips
+    return (f"ips {i.encoder}x{i.num_stages} D={i.dim}, M={i.memory} I={i.chunk} of {i.patch_size}px patches, "
+            f"{i.loading} loading")
+  return f"{m.name} {m.variant}"
 
 
 def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
@@ -138,13 +187,31 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
       f"parallel={par.mode}",
       f"batch: global {run.config.batch_size}, per device {run.per_device_batch}",
-      f"model: {run.config.model.name} {run.config.model.variant}, "
+      f"model: {model_description(run.config.model)}, "
       f"{state_lib.count_params(run.state.params):,} parameters, dtype {run.config.model.dtype}",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
       f"{ds.num_classes} classes",
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
       f"workdir: {workdir}",
   ]
+
+
+class _Efficiency:
+  """ms per training step between log points (after the first, which includes compilation) and the
+  device's peak memory, for config.log_efficiency."""
+
+  def __init__(self, step: int):
+    self.step, self.time = step, None
+
+  def measure(self, step: int, device) -> dict:
+    now, out = time.time(), {}
+    if self.time is not None:
+      out["step_ms"] = 1e3 * (now - self.time) / (step - self.step)
+    self.step, self.time = step, now
+    stats = device.memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+      out["peak_memory_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+    return out
 
 
 class _StopOnSignal:
@@ -220,9 +287,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   pi, pc = jax.process_index(), jax.process_count()
   positions = batches.host_slice(np.arange(gb), pi, pc)
 
+  select = host_selection(run)
+
   def make_batch(step):
     idx = batches.host_slice(batches.train_indices(config.seed, step, n_train, gb), pi, pc)
-    return par.shard(host_batch(run.dataset.train, idx, positions))
+    batch = host_batch(run.dataset.train, idx, positions)
+    return batch if select else par.shard(batch)  # lazy IPS selects with the current parameters
 
   # Host work for step s+1 overlaps device work for step s (matters for streaming sources).
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -236,6 +306,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   bar = tqdm.tqdm(total=run.total_steps, initial=start_step, disable=not (is_main and config.progress_bar),
                   dynamic_ncols=True, unit="step")
   t_start = time.time()
+  efficiency = _Efficiency(start_step)
   stop = _StopOnSignal(ckpt)
   while step < run.total_steps:
     epoch_end = min((step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
@@ -243,6 +314,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
     while step < epoch_end and not stop.check(step):
       batch = next_batch.result()
       next_batch = pool.submit(make_batch, step + 1) if step + 1 < run.total_steps else None
+      if select:  # the key train_step derives for this step's inputs
+        step_inputs_key = jax.random.fold_in(jax.random.fold_in(train_key, step), 0)
+        batch = par.shard(select(batch, par.first_copy(state.replace(opt_state=None)), step_inputs_key))
       state, metrics = train_step(state, train_data, batch, train_key)
       step += 1
       bar.update(1)
@@ -251,6 +325,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         t0 = time.time()
       if step % config.log_every_steps == 0 or step == epoch_end:
         m = par.metrics(metrics)
+        if config.get("log_efficiency", False):
+          m.update(efficiency.measure(step, par.local_devices[0]))
         if not np.isfinite(m["loss"]) and not config.get("skip_nonfinite_steps", False):
           stop.restore()
           ckpt.wait()
@@ -328,7 +404,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
   if figures > 0 and jax.process_index() == 0:
     from apvit_jax import visualize  # matplotlib only when figures are asked for
     idx = np.arange(min(figures, len(data_split)))
-    images, labels = (data_split.get(idx) if isinstance(data_split, sources.StreamingSplit)
+    images, labels = (data_split.get(idx) if not isinstance(data_split, sources.Split)
                       else (data_split.images[idx], data_split.labels[idx]))
     variables = {"params": host_state.params, **({"batch_stats": host_state.batch_stats}
                                                  if host_state.batch_stats else {})}

@@ -89,6 +89,11 @@ class Parallel:
       return local[0] if self.mode == "pmap" else local
     return jax.tree.map(one_copy, tree)
 
+  def first_copy(self, tree):
+    """Replicated device tree -> the copy on this host's first device (no host transfer)."""
+    return jax.tree.map(lambda x: x.addressable_data(0)[0] if self.mode == "pmap" else x.addressable_data(0),
+                        tree)
+
   def shard(self, tree):
     """This host's slice of a global batch, leaves (local_B, ...) -> device layout."""
     if self.mode == "pmap":

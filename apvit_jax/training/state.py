@@ -90,9 +90,11 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
   return tx
 
 
-def create_state(model, tx, key: jax.Array, image_shape) -> TrainState:
-  """Initialises parameters on the default device from a dummy batch of one image."""
-  variables = jax.jit(lambda k: model.init(k, jnp.zeros((1, *image_shape), jnp.float32), train=False))(key)
+def create_state(model, tx, key: jax.Array, image_shape, init_inputs=None) -> TrainState:
+  """Initialises parameters on the default device from a dummy batch of one image (or `init_inputs`,
+  a tuple of arrays for models that take other inputs, e.g. IPS's patches and positions)."""
+  inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
+  variables = jax.jit(lambda k: model.init(k, *inputs, train=False))(key)
   return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
                            batch_stats=variables.get("batch_stats", {}))
 

@@ -17,21 +17,66 @@ AXIS = "batch"
 
 
 def fetch(data, batch):
-  """(images uint8 (b, H, W, C), labels (b,)) from the device-resident dataset or the batch itself."""
+  """(images uint8 (b, H, W, C), labels) from the device-resident dataset or the batch itself."""
   if "index" in batch:
     return data["images"][batch["index"]], data["labels"][batch["index"]]
-  return batch["images"], batch["labels"]
+  return batch.get("images"), batch["labels"]
 
 
-def _apply(state, params, images, *, train, rngs=None):
+def tasks_of(config) -> tuple:
+  """((name, num_classes, "softmax" | "sigmoid"), ...): config.tasks (set by loop.setup from the
+  dataset) or one softmax task over config.num_classes."""
+  return tuple(tuple(t) for t in config.get("tasks") or (("label", config.num_classes, "softmax"),))
+
+
+def as_task_dict(x, tasks) -> dict:
+  return x if isinstance(x, dict) else {tasks[0][0]: x}
+
+
+def task_losses(logits: dict, labels: dict, tasks, smoothing: float = 0.0) -> jax.Array:
+  """Per-example loss (b,), the mean over tasks: softmax cross-entropy (label-smoothed) or, for
+  sigmoid tasks, binary cross-entropy averaged over classes."""
+  losses = []
+  for name, classes, act in tasks:
+    z, y = logits[name].astype(jnp.float32), labels[name]
+    if act == "sigmoid":
+      losses.append(optax.sigmoid_binary_cross_entropy(z, y.astype(jnp.float32)).mean(-1))
+    else:
+      losses.append(optax.softmax_cross_entropy(z, optax.smooth_labels(jax.nn.one_hot(y, classes), smoothing)))
+  return sum(losses) / len(losses)
+
+
+def task_correct(logits: dict, labels: dict, tasks) -> dict:
+  """Per-example correctness (b,) per task: argmax == label, or for sigmoid tasks the fraction of the
+  classes whose thresholded prediction (logit > 0) matches the multi-hot label."""
+  out = {}
+  for name, _, act in tasks:
+    z, y = logits[name], labels[name]
+    out[name] = (((z > 0) == (y > 0.5)).mean(-1) if act == "sigmoid" else (jnp.argmax(z, -1) == y)
+                 ).astype(jnp.float32)
+  return out
+
+
+def model_inputs(config, state, data, batch, key, *, train: bool):
+  """-> (inputs to the model, labels). ViT: (augmented images,). IPS: the selected patches and their
+  positions (selected here on device, or by the host for lazy loading: then the batch carries them)."""
+  if config.model.name == "ips":
+    from apvit_jax.training import ips_inputs  # IPS-only code stays out of the ViT path
+    return ips_inputs.training_inputs(config, state, data, batch, key)
+  images, labels = fetch(data, batch)
+  keys = example_keys(key, batch["position"]) if train else None
+  return (preprocess(images, keys, config.augment, train=train),), labels
+
+
+def _apply(state, params, inputs, *, train, rngs=None):
   variables = {"params": params}
   if state.batch_stats:
     variables["batch_stats"] = state.batch_stats
     if train:
-      (logits, _), updates = state.apply_fn(variables, images, train=True, rngs=rngs,
+      (logits, _), updates = state.apply_fn(variables, *inputs, train=True, rngs=rngs,
                                             mutable=["batch_stats"])
       return logits, updates["batch_stats"]
-  logits, _ = state.apply_fn(variables, images, train=train, rngs=rngs)
+  logits, _ = state.apply_fn(variables, *inputs, train=train, rngs=rngs)
   return logits, state.batch_stats
 
 
@@ -39,18 +84,18 @@ def make_train_step(config, schedule):
   """-> train_step(state, data, batch, key) -> (state, metrics), per device."""
 
   def train_step(state, data, batch, key):
-    images, labels = fetch(data, batch)
     step_key = jax.random.fold_in(key, state.step)
-    x = preprocess(images, example_keys(jax.random.fold_in(step_key, 0), batch["position"]),
-                   config.augment, train=True)
-    # Dropout masks differ per device (and so with the device count); augmentation does not.
+    # Augmentation keys and IPS's patch order (from key 0) are the same on every device; dropout masks
+    # (key 1) differ per device (and so with the device count).
+    inputs, labels = model_inputs(config, state, data, batch, jax.random.fold_in(step_key, 0), train=True)
     dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), jax.lax.axis_index(AXIS))
-    num_classes = config.num_classes
+    tasks = tasks_of(config)
+    labels = as_task_dict(labels, tasks)
 
     def loss_fn(params):
-      logits, batch_stats = _apply(state, params, x, train=True, rngs={"dropout": dropout_key})
-      targets = optax.smooth_labels(jax.nn.one_hot(labels, num_classes), config.label_smoothing)
-      loss = optax.softmax_cross_entropy(logits, targets).mean()
+      logits, batch_stats = _apply(state, params, inputs, train=True, rngs={"dropout": dropout_key})
+      logits = as_task_dict(logits, tasks)
+      loss = task_losses(logits, labels, tasks, config.label_smoothing).mean()
       return loss, (logits, batch_stats)
 
     # Under shard_map, replicated (axis-invariant) parameters get an implicit psum in the backward pass
@@ -64,7 +109,7 @@ def make_train_step(config, schedule):
     grad_norm = optax.tree.norm(grads)  # the same on every device (after pmean)
     metrics = {
         "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == labels),
+        **accuracy_metrics(task_correct(logits, labels, tasks), jnp.mean),
         "grad_norm": grad_norm,
         "lr": schedule(state.step),
     }
@@ -85,18 +130,30 @@ def make_eval_step(config, confusion: bool = False):
   with `confusion` a (classes, classes) count matrix, rows = true label, columns = prediction."""
 
   def eval_step(state, data, batch):
-    images, labels = fetch(data, batch)
-    x = preprocess(images, None, config.augment, train=False)
-    logits, _ = _apply(state, state.params, x, train=False)
+    tasks = tasks_of(config)
+    inputs, labels = model_inputs(config, state, data, batch, jax.random.key(0), train=False)
+    logits, _ = _apply(state, state.params, inputs, train=False)
+    logits, labels = as_task_dict(logits, tasks), as_task_dict(labels, tasks)
     mask = batch["mask"].astype(jnp.float32)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-    predictions = jnp.argmax(logits, -1)
-    sums = {"loss": jnp.sum(loss * mask), "correct": jnp.sum((predictions == labels) * mask),
-            "count": jnp.sum(mask)}
+    loss = task_losses(logits, labels, tasks)
+    sums = {"loss": jnp.sum(loss * mask), "count": jnp.sum(mask),
+            **accuracy_metrics(task_correct(logits, labels, tasks), lambda c: jnp.sum(c * mask), "correct")}
     if confusion:
+      if len(tasks) > 1 or tasks[0][2] != "softmax":
+        raise ValueError("--confusion needs a single softmax task")
+      logits, labels = logits[tasks[0][0]], labels[tasks[0][0]]
+      predictions = jnp.argmax(logits, -1)
       k = config.num_classes
       sums["confusion"] = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, k) * mask[:, None],
                                      jax.nn.one_hot(predictions, k))
     return jax.lax.psum(sums, AXIS)
 
   return eval_step
+
+
+def accuracy_metrics(correct: dict, reduce, name: str = "accuracy") -> dict:
+  """{name: mean over tasks}, plus {name/task: ...} per task when there are several."""
+  out = {name: sum(reduce(c) for c in correct.values()) / len(correct)}
+  if len(correct) > 1:
+    out.update({f"{name}/{task}": reduce(c) for task, c in correct.items()})
+  return out
