@@ -71,10 +71,24 @@ class MegapixelSplit:
     return np.stack([self.draw(int(i)) for i in indices]), self.labels(indices)
 
 
+def _non_overlapping_boxes(rng: np.random.Generator, canvas: int, count: int = 5, tries: int = 1000):
+  """Top-left corners (count, 2) of non-overlapping DIGIT x DIGIT boxes by rejection sampling. A layout
+  can leave no room for the last box on a small canvas, so a layout that gets stuck is drawn again."""
+  for _ in range(tries):
+    placed = []
+    for _ in range(50 * count):
+      r, c = rng.integers(0, canvas - DIGIT + 1, 2)
+      if all(abs(r - r2) >= DIGIT or abs(c - c2) >= DIGIT for r2, c2 in placed):
+        placed.append((r, c))
+        if len(placed) == count:
+          return np.array(placed)
+  raise ValueError(f"megapixel canvas={canvas}: could not place {count} non-overlapping digits")
+
+
 def make_split(images: np.ndarray, labels: np.ndarray, n: int, seed: int, canvas: int = 1500,
                num_noise: int = 50, noise: np.ndarray | None = None) -> MegapixelSplit:
   """Layouts for n canvases from a digit pool (images (pool, 28, 28) uint8, labels (pool,))."""
-  if canvas < 3 * DIGIT:
+  if canvas < 4 * DIGIT:
     raise ValueError(f"megapixel canvas={canvas} is too small for 5 non-overlapping {DIGIT}x{DIGIT} digits")
   images = images.reshape(len(images), DIGIT, DIGIT) if images.ndim == 4 else images
   if images.shape[1:] != (DIGIT, DIGIT):
@@ -91,12 +105,7 @@ def make_split(images: np.ndarray, labels: np.ndarray, n: int, seed: int, canvas
     cls = np.array([target] * 3 + list(others))
     classes[i] = cls
     digit_ids[i] = [rng.choice(by_class[k]) for k in cls]
-    placed = []
-    while len(placed) < 5:  # rejection sampling of non-overlapping boxes
-      r, c = rng.integers(0, canvas - DIGIT + 1, 2)
-      if all(abs(r - r2) >= DIGIT or abs(c - c2) >= DIGIT for r2, c2 in placed):
-        placed.append((r, c))
-    digit_xy[i] = placed
+    digit_xy[i] = _non_overlapping_boxes(rng, canvas)
   noise_ids = rng.integers(0, len(noise), (n, num_noise))
   noise_xy = rng.integers(0, canvas - DIGIT + 1, (n, num_noise, 2))
   return MegapixelSplit(images, noise, digit_ids, digit_xy, noise_ids, noise_xy, classes, canvas)

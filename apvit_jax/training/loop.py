@@ -44,6 +44,7 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
   par = parallel.Parallel(config.parallel, devices)
   per_device = par.check_batch(config.batch_size)
   dataset = sources.load(config.data)
+  tasks = select_tasks(config, dataset)
   check_image_fits(config.model, dataset.image_shape)
   if config.get("num_classes") and config.num_classes != dataset.num_classes:
     raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
@@ -62,7 +63,6 @@ def setup(config, *, for_training: bool = True, devices=None) -> Run:
     if not (src.is_file() or (src / "checkpoints").is_dir()):
       raise FileNotFoundError(f"config.init_from={config.init_from!r}: neither a .npz file nor a workdir "
                               f"with checkpoints/")
-  tasks = select_tasks(config, dataset)
   with config.unlocked():
     config.tasks = tasks
   model = build_model(config.model, dataset.num_classes, tasks)

@@ -1,0 +1,273 @@
+"""IPS: the aggregator against a float64 NumPy reference, iterative selection == global top-M (one head,
+one task), the three loading modes select the same patches, no gradient through the selection, ResNet
+trunk sizes, the Megapixel MNIST generator's labels, and clear errors."""
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apvit_jax.data import megapixel
+from apvit_jax.models import ips
+from apvit_jax.models.resnet import ResNetTrunk
+from apvit_jax.training import step as step_lib
+from apvit_jax.training.ips_inputs import training_inputs
+
+RNG = np.random.default_rng()
+
+
+def _layer_norm(x, scale, bias, eps=1e-6):
+  mu = x.mean(-1, keepdims=True)
+  var = ((x - mu) ** 2).mean(-1, keepdims=True)
+  return (x - mu) / np.sqrt(var + eps) * scale + bias
+
+
+def numpy_aggregator(p, x):
+  """float64 reference: queries attend to x (no biases), post-norm, ReLU MLP, post-norm. -> (tokens,
+  weights (B, H, T, N))."""
+  p = jax.tree.map(lambda a: np.asarray(a, np.float64), p)
+  x = np.asarray(x, np.float64)
+  q = np.einsum("td,dhk->thk", p["queries"][0], p["query"]["kernel"])
+  k = np.einsum("bnd,dhk->bnhk", x, p["key"]["kernel"])
+  v = np.einsum("bnd,dhk->bnhk", x, p["value"]["kernel"])
+  logits = np.einsum("thk,bnhk->bhtn", q, k) / np.sqrt(q.shape[-1])
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  w /= w.sum(-1, keepdims=True)
+  attended = np.einsum("bhtn,bnhk->bthk", w, v)
+  out = np.einsum("bthk,hkd->btd", attended, p["out"]["kernel"])
+  h = _layer_norm(out + p["queries"], p["norm1"]["scale"], p["norm1"]["bias"])
+  y = np.maximum(h @ p["mlp1"]["kernel"] + p["mlp1"]["bias"], 0) @ p["mlp2"]["kernel"] + p["mlp2"]["bias"]
+  return _layer_norm(y + h, p["norm2"]["scale"], p["norm2"]["bias"]), w
+
+
+def _randomise(params, scale=0.3):
+  leaves, tree = jax.tree.flatten(params)
+  return jax.tree.unflatten(tree, [jnp.asarray(RNG.normal(0, scale, x.shape), jnp.float32) for x in leaves])
+
+
+def test_aggregator_matches_numpy():
+  agg = ips.CrossAttentionAggregator(dim=24, num_heads=3, head_dim=8, mlp_dim=40, num_tokens=2)
+  x = jnp.asarray(RNG.normal(size=(3, 17, 24)), jnp.float32)
+  params = _randomise(agg.init(jax.random.key(0), x, train=False)["params"])
+  tokens = agg.apply({"params": params}, x, train=False)
+  scores = agg.apply({"params": params}, x, method="scores")
+  ref_tokens, ref_w = numpy_aggregator(params, x)
+  np.testing.assert_allclose(tokens, ref_tokens, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(scores, ref_w.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(scores).sum(-1), 1.0, rtol=1e-5)
+
+
+def test_sinusoidal_encoding_formula():
+  pos = RNG.integers(0, 900, (2, 7))
+  code = np.asarray(ips.sinusoidal_encoding(jnp.asarray(pos), 10))
+  i = np.arange(5)
+  angle = pos[..., None] / 10_000 ** (2 * i / 10)
+  np.testing.assert_allclose(code[..., 0::2], np.sin(angle), atol=2e-4)
+  np.testing.assert_allclose(code[..., 1::2], np.cos(angle), atol=2e-4)
+
+
+def _features_model(heads=1, tasks=(("a", 5),), dim=16):
+  return ips.IPSNet(tasks=tasks, encoder="features", dim=dim, num_heads=heads, head_dim=8, mlp_dim=32,
+                    dropout=0.0, attn_dropout=0.0)
+
+
+def _init(model, inputs, scale=0.3):
+  variables = model.init(jax.random.key(1), *inputs, train=False)
+  return {"params": _randomise(variables["params"], scale), "batch_stats": variables["batch_stats"]}
+
+
+@pytest.mark.parametrize("memory,chunk", [(10, 15), (7, 1), (1, 40)])
+def test_one_head_one_task_iterative_selection_is_global_top_m(memory, chunk):
+  """With one head and one query, a patch's softmax weight is monotone in its own logit, so keeping
+  the top-M chunk by chunk gives the global top-M of all N scores."""
+  model = _features_model()
+  feats = jnp.asarray(RNG.normal(size=(4, 200, 12)), jnp.float32)
+  v = _init(model, (feats[:, :memory], jnp.zeros((4, memory), jnp.int32)))
+  picked = ips.select_eager(model.apply, v, feats, jax.random.key(RNG.integers(1 << 30)), memory=memory,
+                            chunk=chunk)
+  emb = model.apply(v, feats, train=False, method="embed")
+  scores = np.asarray(model.apply(v, emb, jnp.broadcast_to(jnp.arange(200), (4, 200)), method="scores"))
+  best = np.argsort(-scores, axis=1)[:, :memory]
+  assert picked.shape == (4, memory)
+  np.testing.assert_array_equal(np.sort(picked, 1), np.sort(best, 1))
+
+
+def test_many_heads_and_tokens_still_select_m_distinct_patches():
+  model = _features_model(heads=4, tasks=(("a", 3), ("b", 4)))
+  feats = jnp.asarray(RNG.normal(size=(2, 50, 12)), jnp.float32)
+  v = _init(model, (feats[:, :6], jnp.zeros((2, 6), jnp.int32)))
+  picked = np.asarray(ips.select_eager(model.apply, v, feats, jax.random.key(3), memory=6, chunk=9))
+  assert all(len(set(row)) == 6 and row.min() >= 0 and row.max() < 50 for row in picked)
+
+
+def test_three_loading_modes_select_the_same_patches():
+  model = ips.IPSNet(tasks=(("a", 10), ("b", 10)), encoder="resnet18", num_stages=1, dim=32, num_heads=2,
+                     head_dim=8, mlp_dim=32)
+  images = RNG.uniform(size=(3, 48, 40, 1)).astype(np.float32)
+  patches = ips.extract_patches(images, 8, 8)                 # 6 x 5 = 30 patches
+  v = _init(model, (jnp.asarray(patches[:, :4]), jnp.zeros((3, 4), jnp.int32)), scale=0.1)
+  key = jax.random.key(RNG.integers(1 << 30))
+  kw = dict(memory=4, chunk=7)                                 # 26 = 3 chunks of 7 + a remainder of 5
+  eager = np.asarray(ips.select_eager(model.apply, v, jnp.asarray(patches), key, **kw))
+  sequential = np.asarray(ips.select_eager_sequential(model.apply, v, jnp.asarray(patches), key, **kw))
+  lazy = ips.LazySelector(model.apply, **kw)(v, patches, key)
+  np.testing.assert_array_equal(eager, sequential)
+  np.testing.assert_array_equal(eager, lazy)
+  assert all(len(set(row)) == 4 for row in eager)
+
+
+def test_memory_of_all_patches_skips_selection():
+  model = _features_model()
+  feats = jnp.asarray(RNG.normal(size=(2, 9, 12)), jnp.float32)
+  v = _init(model, (feats, jnp.zeros((2, 9), jnp.int32)))
+  for m in (9, 12):
+    picked = ips.select_eager(model.apply, v, feats, jax.random.key(0), memory=m, chunk=4)
+    np.testing.assert_array_equal(picked, np.broadcast_to(np.arange(9), (2, 9)))
+    np.testing.assert_array_equal(ips.LazySelector(model.apply, memory=m, chunk=4)(v, np.asarray(feats),
+                                                                                  jax.random.key(0)), picked)
+
+
+def test_extract_patches_row_major_with_stride():
+  images = RNG.integers(0, 255, (2, 11, 14, 3))
+  patches = ips.extract_patches(images, 5, 3)                  # rows 0,3,6; cols 0,3,6,9
+  assert patches.shape == (2, 12, 5, 5, 3)
+  for n, (r, c) in enumerate((r, c) for r in (0, 3, 6) for c in (0, 3, 6, 9)):
+    np.testing.assert_array_equal(patches[:, n], images[:, r:r + 5, c:c + 5])
+  np.testing.assert_array_equal(ips.extract_patches(jnp.asarray(images), 5, 3), patches)
+
+
+def _ips_config(loading="eager"):
+  from apvit_jax.base_config import base_config
+  c = base_config()
+  c.model.name = "ips"
+  i = c.model.ips
+  i.num_stages, i.patch_size, i.patch_stride, i.memory, i.chunk = 1, 8, 8, 4, 5
+  i.dim, i.num_heads, i.head_dim, i.mlp_dim, i.dropout, i.attn_dropout = 32, 2, 8, 32, 0.0, 0.0
+  i.loading = loading
+  c.augment.mean, c.augment.std = (0.0,), (1.0,)
+  with c.unlocked():
+    c.tasks = (("a", 10, "softmax"), ("b", 10, "sigmoid"))
+  return c
+
+
+def test_no_gradient_flows_through_the_selection():
+  """The gradient of the train loss equals the gradient with the selected positions given as constants:
+  the selection pass contributes nothing (and is not differentiated)."""
+  from apvit_jax.models.registry import build_model
+  from apvit_jax.training.state import TrainState
+  import optax
+  c = _ips_config()
+  model = build_model(c.model, 10, c.tasks)
+  images = RNG.integers(0, 256, (2, 32, 24, 1)).astype(np.uint8)
+  labels = {"a": jnp.asarray(RNG.integers(0, 10, 2)), "b": jnp.asarray(RNG.integers(0, 2, (2, 10)))}
+  patches0 = jnp.zeros((1, 4, 8, 8, 1))
+  v = _init(model, (patches0, jnp.zeros((1, 4), jnp.int32)), scale=0.1)
+  state = TrainState.create(apply_fn=model.apply, params=v["params"], tx=optax.sgd(0.1),
+                            batch_stats=v["batch_stats"])
+  batch = {"images": jnp.asarray(images), "labels": labels}
+  key = jax.random.key(5)
+
+  def loss(params, fixed=None):
+    s = state.replace(params=params)
+    (patches, positions), y = training_inputs(c, s, {}, batch, key)
+    if fixed is not None:
+      positions = fixed
+      patches = ips.gather_patches(ips.extract_patches(jnp.asarray(images, jnp.float32) / 255, 8, 8), fixed)
+    logits, _ = model.apply({"params": params, "batch_stats": v["batch_stats"]}, patches, positions,
+                            train=True, mutable=["batch_stats"])[0]
+    return step_lib.task_losses(logits, y, c.tasks).mean()
+
+  (_, positions), _ = training_inputs(c, state, {}, batch, key)
+  g_select = jax.grad(loss)(state.params)
+  g_fixed = jax.grad(loss)(state.params, positions)
+  chex.assert_trees_all_close(g_select, g_fixed, rtol=1e-6, atol=1e-8)
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(g_select))
+  assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(g_select["trunk"]))
+
+
+@pytest.mark.parametrize("name,stages,params", [("resnet18", 4, 11_176_512), ("resnet50", 4, 23_508_032),
+                                                ("resnet18", 2, 683_072)])
+def test_resnet_trunk_sizes(name, stages, params):
+  """torchvision's resnet18 / resnet50 have 11,689,512 / 25,557,032 parameters; without the 1000-way fc
+  (512·1000 + 1000 / 2048·1000 + 1000) that is 11,176,512 / 23,508,032. Two stages of resnet18: stem
+  9,408 + BN 128, stage 1: 4 convs of 36,864 + 4 BN of 128, stage 2: 73,728 + 3 x 147,456 + the 1x1
+  projection 8,192 + 5 BN of 256."""
+  trunk = ResNetTrunk(name, stages)
+  shapes = jax.eval_shape(lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
+  assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == params
+  out = jax.eval_shape(lambda: trunk.apply(trunk.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)),
+                                                      train=False), jnp.zeros((2, 64, 64, 3)), train=False))
+  assert out.shape == (2, 64 * 2 ** (stages - 1) * (4 if name == "resnet50" else 1))
+
+
+def test_megapixel_labels_agree_with_the_digits_placed():
+  digits = RNG.integers(0, 256, (60, 28, 28)).astype(np.uint8)
+  classes = np.arange(60) % 10
+  split = megapixel.make_split(digits, classes, n=12, seed=int(RNG.integers(1 << 30)), canvas=150)
+  images, labels = split.get(np.arange(12))
+  assert images.shape == (12, 150, 150, 1) and images.dtype == np.uint8
+  for i in range(12):
+    boxes = split.digit_xy[i]
+    placed = []
+    for d, (r, c) in zip(split.digit_ids[i], boxes):
+      np.testing.assert_array_equal(images[i, r:r + 28, c:c + 28, 0], digits[d])  # drawn last, intact
+      placed.append(classes[d])
+    for a in range(5):
+      for b in range(a):
+        assert abs(boxes[a][0] - boxes[b][0]) >= 28 or abs(boxes[a][1] - boxes[b][1]) >= 28
+    counts = np.bincount(placed, minlength=10)
+    assert counts.max() == 3 and labels["majority"][i] == counts.argmax()
+    assert labels["max"][i] == max(placed)
+    assert labels["top"][i] == placed[int(np.argmin(boxes[:, 0]))]
+    np.testing.assert_array_equal(labels["multi"][i], (counts > 0).astype(np.float32))
+    noise_only = images[i, ..., 0].copy()
+    for r, c in boxes:
+      noise_only[r:r + 28, c:c + 28] = 0
+    assert noise_only.max() == 255  # the noise scribbles are there
+
+
+def test_megapixel_is_deterministic_by_seed_and_stores_no_canvas():
+  digits = RNG.integers(0, 256, (30, 28, 28)).astype(np.uint8)
+  classes = np.arange(30) % 10
+  a, b = (megapixel.make_split(digits, classes, 5, seed=7, canvas=112) for _ in range(2))
+  np.testing.assert_array_equal(a.get([0, 4])[0], b.get([0, 4])[0])
+  assert not np.array_equal(a.get([0])[0], megapixel.make_split(digits, classes, 5, seed=8, canvas=112).get([0])[0])
+  stored = sum(np.asarray(x).nbytes for x in (a.digit_ids, a.digit_xy, a.noise_ids, a.noise_xy, a.classes))
+  assert stored < 112 * 112  # layouts only: less than one canvas for five examples
+
+
+def test_megapixel_small_canvas_never_gets_stuck():
+  """On a tight canvas an unlucky layout can leave no room for the fifth digit (this once hung); such a
+  layout is redrawn, and a canvas too small for five digits is refused."""
+  digits = RNG.integers(0, 256, (30, 28, 28)).astype(np.uint8)
+  split = megapixel.make_split(digits, np.arange(30) % 10, 300, seed=int(RNG.integers(1 << 30)), canvas=112)
+  boxes = split.digit_xy
+  sep = np.maximum(*np.abs(boxes[:, :, None] - boxes[:, None]).transpose(3, 0, 1, 2))
+  assert (sep + 1000 * np.eye(5) >= 28).all() and boxes.max() <= 112 - 28
+  with pytest.raises(ValueError, match="canvas=100 is too small"):
+    megapixel.make_split(digits, np.arange(30) % 10, 1, seed=0, canvas=100)
+
+
+@pytest.mark.parametrize("override,message", [
+    ({"model.ips.memory": 0}, "M=0 and chunk size I=8 must both be >= 1"),
+    ({"model.ips.chunk": 0}, "chunk size I=0"),
+    ({"model.ips.patch_size": 30}, "does not tile the 200x200 image"),
+    ({"model.ips.patch_stride": 10}, "patch_stride=10 does not tile"),
+    ({"model.ips.memory": 65}, "M=65 is larger than the number of patches N=64"),
+    ({"model.ips.tasks": "majority,colour"}, "names \\['colour'\\]"),
+    ({"model.ips.loading": "streaming"}, "unknown model.ips.loading='streaming'"),
+    ({"model.ips.encoder": "vgg"}, "unknown model.ips.encoder='vgg'"),
+    ({"model.name": "vit"}, "has 4 tasks"),
+])
+def test_clear_ips_errors(override, message):
+  from apvit_jax.training import loop
+  from test_training import load_config
+  c = load_config("ips_megapixel_mnist")
+  for key, value in override.items():
+    *parents, leaf = key.split(".")
+    node = c
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  with pytest.raises(ValueError, match=message):
+    loop.setup(c)
