@@ -29,12 +29,12 @@ def patch_corners(theta: np.ndarray, image_hw) -> np.ndarray:
   return np.stack([((xy[..., 0] + 1) * w - 1) / 2, ((xy[..., 1] + 1) * h - 1) / 2], axis=-1)
 
 
-def mosaic(patches: np.ndarray, gap: int = 1) -> np.ndarray:
-  """patches (N, P, P, C) -> one (rows·(P+gap), cols·(P+gap), C) image, white between patches."""
+def mosaic(patches: np.ndarray, gap: int = 1, fill: float = 1.0) -> np.ndarray:
+  """patches (N, P, P, C) -> one (rows·(P+gap), cols·(P+gap), C) image, `fill` (white) between patches."""
   n, ph, pw, c = patches.shape
   cols = math.ceil(math.sqrt(n))
   rows = math.ceil(n / cols)
-  out = np.ones((rows * (ph + gap) - gap, cols * (pw + gap) - gap, c), patches.dtype)
+  out = np.full((rows * (ph + gap) - gap, cols * (pw + gap) - gap, c), fill, patches.dtype)
   for i, p in enumerate(patches):
     r, q = divmod(i, cols)
     out[r * (ph + gap):r * (ph + gap) + ph, q * (pw + gap):q * (pw + gap) + pw] = p

@@ -177,3 +177,14 @@ def test_batch_order_deterministic_and_covering():
   assert not np.array_equal(batches.train_indices(7, 10, n, b), idx[0])  # next epoch reshuffles
   evals = list(batches.eval_batches(23, 8))
   assert sum(m.sum() for _, m in evals) == 23 and len(evals) == 3
+
+
+def test_synthetic_source_shapes_and_errors():
+  import ml_collections
+  cfg = lambda name: ml_collections.ConfigDict({"name": name, "num_train": 6, "num_test": 4, "seed": 1})
+  d = sources.load(cfg("synthetic:12x10x3:7"))
+  assert d.image_shape == (12, 10, 3) and d.num_classes == 7 and len(d.train) == 6 and len(d.test) == 4
+  assert d.train.images.dtype == np.uint8 and d.train.labels.max() < 7 and d.train.images.std() > 50
+  for bad in ("synthetic:12x10:7", "synthetic:0x10x3:7", "synthetic:12x10x3"):
+    with pytest.raises(ValueError, match="expected 'synthetic:HxWxC:CLASSES'"):
+      sources.load(cfg(bad))

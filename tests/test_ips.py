@@ -271,3 +271,30 @@ def test_clear_ips_errors(override, message):
     node[leaf] = value
   with pytest.raises(ValueError, match=message):
     loop.setup(c)
+
+
+def test_selected_boxes_point_at_the_extracted_patches():
+  from apvit_jax.visualize_ips import selected_boxes
+  images = RNG.integers(0, 255, (1, 23, 17, 2))
+  patches = ips.extract_patches(images, 5, 3)                  # 7 x 5 grid
+  positions = RNG.permutation(35)[:9]
+  for (r, c), n in zip(selected_boxes(positions, (23, 17), 5, 3), positions):
+    np.testing.assert_array_equal(images[0, r:r + 5, c:c + 5], patches[0, n])
+
+
+def test_ips_figures_show_the_selected_patches(tmp_path):
+  """eval.py --visualize for IPS: one PNG per image, the selection the model makes, labels and predictions
+  for every task in the title."""
+  import ml_collections
+  from apvit_jax import visualize_ips
+  model = ips.IPSNet(tasks=(("majority", 10), ("multi", 10)), encoder="resnet18", num_stages=1, dim=16,
+                     num_heads=2, head_dim=8, mlp_dim=16)
+  images = RNG.integers(0, 256, (2, 40, 40, 1)).astype(np.uint8)
+  v = _init(model, (jnp.zeros((1, 3, 8, 8, 1)), jnp.zeros((1, 3), jnp.int32)), scale=0.1)
+  config = ml_collections.ConfigDict({"model": {"ips": {"patch_size": 8, "patch_stride": 8, "memory": 5,
+                                                        "chunk": 4}},
+                                      "augment": {"mean": (0.5,), "std": (0.25,)}})
+  labels = {"majority": np.array([3, 7]), "multi": np.eye(10)[[1, 2]], "max": np.array([9, 9])}
+  paths = visualize_ips.render_ips_figures(model, v, images, labels, config, tmp_path, "ips")
+  assert [p.name for p in paths] == ["ips_0.png", "ips_1.png"]
+  assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)

@@ -71,18 +71,38 @@ def load(data_cfg) -> Dataset:
   if name == "cluttered_digits":
     return cluttered_digits(seed=data_cfg.get("seed", 0), num_train=data_cfg.get("num_train", 10_000),
                             num_test=data_cfg.get("num_test", 2_000), canvas=data_cfg.get("canvas", 40))
+  if name.startswith("synthetic:"):
+    return synthetic(name, data_cfg.get("num_train", 10_000), data_cfg.get("num_test", 2_000),
+                     data_cfg.get("seed", 0))
   if name in LARGE_IMAGE_SOURCES:
     from apvit_jax.data import megapixel
     return megapixel.load(data_cfg, load_digits_28(data_cfg))
   if name not in RAW_SOURCES:
-    raise ValueError(f"unknown dataset name {name!r}; choose from {RAW_SOURCES + LARGE_IMAGE_SOURCES} or "
-                     f"'tfds:NAME'")
+    raise ValueError(f"unknown dataset name {name!r}; choose from {RAW_SOURCES + LARGE_IMAGE_SOURCES}, "
+                     f"'tfds:NAME' or 'synthetic:HxWxC:CLASSES'")
   data_dir = data_cfg.get("data_dir")
   if not data_dir:
     raise DataError(f"dataset {name!r} reads raw files: set --config.data.data_dir=PATH")
   if name in ("cifar10_raw", "cifar100_raw"):
     return load_cifar(data_dir, 10 if name == "cifar10_raw" else 100)
   return load_mnist_idx(data_dir, name.removesuffix("_raw"))
+
+
+def synthetic(name: str, num_train: int, num_test: int, seed: int = 0) -> Dataset:
+  """"synthetic:HxWxC:CLASSES" -> uniformly random uint8 images and labels, for benchmarks and trying a
+  config's shapes without data (throughput does not depend on pixel values)."""
+  try:
+    shape, classes = name.split(":")[1:]
+    h, w, c = (int(v) for v in shape.lower().split("x"))
+    classes = int(classes)
+    if min(h, w, c, classes, num_train, num_test) < 1:
+      raise ValueError
+  except ValueError:
+    raise ValueError(f"data.name={name!r}: expected 'synthetic:HxWxC:CLASSES' with positive sizes, e.g. "
+                     f"'synthetic:32x32x3:10' (and num_train, num_test >= 1)") from None
+  rng = np.random.default_rng(seed)
+  split = lambda n: Split(rng.integers(0, 256, (n, h, w, c), np.uint8), rng.integers(0, classes, n).astype(np.int32))
+  return Dataset(split(num_train), split(num_test), classes, name)
 
 
 # --- CIFAR python batches -------------------------------------------------------------------------

@@ -144,6 +144,20 @@ def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | 
   return batch
 
 
+def train_batch_maker(run: Run, select=None):
+  """-> make_batch(step): this host's slice of the step's global training batch, put on the devices
+  (left on the host when `select`, lazy IPS, must first pick patches with the current parameters)."""
+  n_train, gb, seed = len(run.dataset.train), run.config.batch_size, run.config.seed
+  pi, pc = jax.process_index(), jax.process_count()
+  positions = batches.host_slice(np.arange(gb), pi, pc)
+
+  def make_batch(step: int) -> dict:
+    idx = batches.host_slice(batches.train_indices(seed, step, n_train, gb), pi, pc)
+    batch = host_batch(run.dataset.train, idx, positions)
+    return batch if select else run.par.shard(batch)
+  return make_batch
+
+
 def host_selection(run: Run):
   """IPS with lazy loading: the host-side selection applied to each batch before sharding; else None."""
   if run.config.model.name != "ips" or run.config.model.ips.loading != "lazy":
@@ -283,16 +297,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_step = par.compile(step_lib.make_eval_step(config), num_args=3, donate_first=False)
   train_key = jax.random.fold_in(jax.random.key(config.seed), 1)
 
-  n_train, gb = len(run.dataset.train), config.batch_size
-  pi, pc = jax.process_index(), jax.process_count()
-  positions = batches.host_slice(np.arange(gb), pi, pc)
-
   select = host_selection(run)
-
-  def make_batch(step):
-    idx = batches.host_slice(batches.train_indices(config.seed, step, n_train, gb), pi, pc)
-    batch = host_batch(run.dataset.train, idx, positions)
-    return batch if select else par.shard(batch)  # lazy IPS selects with the current parameters
+  make_batch = train_batch_maker(run, select)
 
   # Host work for step s+1 overlaps device work for step s (matters for streaming sources).
   pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
@@ -339,7 +345,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     jax.block_until_ready(state.step)
     if step - first > 1:
       train_time += time.time() - t0
-      train_images += (step - first - 1) * gb
+      train_images += (step - first - 1) * config.batch_size
     if stop.requested:
       break
     epoch = step / run.steps_per_epoch
@@ -402,13 +408,25 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
                                                      data_split)}
   ckpt.close()
   if figures > 0 and jax.process_index() == 0:
-    from apvit_jax import visualize  # matplotlib only when figures are asked for
-    idx = np.arange(min(figures, len(data_split)))
-    images, labels = (data_split.get(idx) if not isinstance(data_split, sources.Split)
-                      else (data_split.images[idx], data_split.labels[idx]))
-    variables = {"params": host_state.params, **({"batch_stats": host_state.batch_stats}
-                                                 if host_state.batch_stats else {})}
-    paths = visualize.render_patch_figures(run.model, variables, np.asarray(images), np.asarray(labels),
-                                           config.augment, workdir / "figures", f"patches_{split}_step{step}")
-    result["figures"] = [str(p) for p in paths]
+    result["figures"] = [str(p) for p in draw_figures(run, host_state, data_split, figures,
+                                                      workdir / "figures", f"{split}_step{step}")]
   return result
+
+
+def draw_figures(run, host_state, data_split, count: int, out_dir, suffix: str) -> list:
+  """Figures of where the model looks for the split's first `count` images: adaptive patches
+  (apvit_jax/visualize.py, patches_SUFFIX_I.png) or IPS selections (visualize_ips.py, ips_SUFFIX_I.png).
+  matplotlib is imported only here."""
+  idx = np.arange(min(count, len(data_split)))
+  images, labels = (data_split.get(idx) if not isinstance(data_split, sources.Split)
+                    else (data_split.images[idx], data_split.labels[idx]))
+  variables = {"params": host_state.params, **({"batch_stats": host_state.batch_stats}
+                                               if host_state.batch_stats else {})}
+  if run.config.model.name == "ips":
+    from apvit_jax import visualize_ips
+    return visualize_ips.render_ips_figures(run.model, variables, np.asarray(images),
+                                            step_lib.as_task_dict(labels, run.config.tasks), run.config,
+                                            out_dir, f"ips_{suffix}")
+  from apvit_jax import visualize
+  return visualize.render_patch_figures(run.model, variables, np.asarray(images), np.asarray(labels),
+                                        run.config.augment, out_dir, f"patches_{suffix}")

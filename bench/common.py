@@ -1,0 +1,81 @@
+"""Shared benchmark helpers: wall-clock medians, the machine's peak numbers, a measured copy bandwidth,
+and the small table every suite prints."""
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 tensor-core / MXU peak FLOP/s and HBM bandwidth (bytes/s) from the vendors' data sheets,
+# by jax's device_kind prefix. MFU is reported only where the peak is known.
+PEAKS = {
+    "NVIDIA H100": (989.4e12, 3.35e12),   # SXM5 80 GB (HBM3)
+    "NVIDIA H200": (989.4e12, 4.8e12),
+    "NVIDIA A100": (312e12, 2.0e12),      # 80 GB SXM
+    "TPU v4": (275e12, 1.2e12),
+    "TPU v5 lite": (197e12, 0.82e12),     # v5e
+    "TPU v5": (459e12, 2.76e12),          # v5p
+    "TPU v6 lite": (918e12, 1.64e12),     # v6e (Trillium)
+}
+
+
+def device_peaks(device) -> tuple[float | None, float | None]:
+  """(peak FLOP/s, peak bytes/s) of a device, or (None, None) when unknown (e.g. CPU)."""
+  kind = getattr(device, "device_kind", "")
+  for prefix in sorted(PEAKS, key=len, reverse=True):
+    if kind.startswith(prefix):
+      return PEAKS[prefix]
+  return None, None
+
+
+def machine() -> dict:
+  d = jax.devices()[0]
+  return {"device": getattr(d, "device_kind", d.platform), "platform": d.platform,
+          "num_devices": jax.device_count(), "jax": jax.__version__, "host": platform.node(),
+          "cpu": platform.processor() or platform.machine(), "date": time.strftime("%Y-%m-%d %H:%M")}
+
+
+def median_seconds(fn, *, warmup: int, repeats: int) -> float:
+  """Median wall time of fn() (which must block until its device work is done)."""
+  for _ in range(warmup):
+    fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 10) -> float:
+  """Measured bytes/s of an elementwise op reading and writing a num_bytes float32 array (2x bytes)."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal(num_bytes // 4, dtype=np.float32))
+  f = jax.jit(lambda a: a * 1.0001)
+  seconds = median_seconds(lambda: f(x).block_until_ready(), warmup=2, repeats=repeats)
+  return 2 * num_bytes / seconds
+
+
+def flops_of(compiled) -> float | None:
+  """FLOPs per call of a compiled executable by XLA's cost analysis (per device; loop bodies are
+  counted once, so scans are undercounted), or None where the backend gives none."""
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # some backends do not implement it
+    return None
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else {}
+  flops = (cost or {}).get("flops")
+  return float(flops) if flops else None
+
+
+def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
+  """columns: (key, header, format) -> a Markdown table; missing values print as '-'."""
+  head = "| " + " | ".join(h for _, h, _ in columns) + " |"
+  rule = "|" + "|".join("---:" if f else "---" for _, _, f in columns) + "|"
+  fmt = lambda v, f: "-" if v is None else (format(v, f) if f else str(v))
+  body = ["| " + " | ".join(fmt(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
+  return "\n".join([head, rule, *body])

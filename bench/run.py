@@ -1,0 +1,68 @@
+"""One entry point for the benchmarks; runs on whatever backend JAX finds (CPU, GPU, TPU).
+
+  python -m bench.run --suite=all --json=bench/results/RUN.json             # GPU / TPU: the issue's sizes
+  python -m bench.run --suite=steps --batch_size=8 --repeats=3 --json=...   # CPU: small batches
+  python -m bench.run --suite=steps --workloads=apvit_cifar10 --set=model.dtype=float32
+
+Suites: `sampler` (bench/sampler_bench.py) and `steps` (bench/step_bench.py). Each prints a Markdown
+table and the JSON (with the machine and the command) goes to --json. Timings are medians after
+warm-up; no test asserts any of them.
+"""
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+from bench import common, sampler_bench, step_bench
+
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps"], "Which benchmarks to run.")
+flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
+                  + ", ".join(step_bench.WORKLOADS))
+flags.DEFINE_integer("batch_size", 0, "Global batch for every step workload; 0: the reference batch "
+                     "(the config's, or the issue's table).", lower_bound=0)
+flags.DEFINE_integer("warmup", 3, "Untimed calls before timing.", lower_bound=0)
+flags.DEFINE_integer("repeats", 20, "Timed calls; the median is reported.", lower_bound=1)
+flags.DEFINE_multi_string("set", [], "FIELD=VALUE config override for every step workload (Python "
+                          "literal or string), e.g. --set=model.dtype=float32 --set=parallel=shard_map.")
+flags.DEFINE_string("json", None, "Write the results (and the machine) to this file.")
+
+
+def _parse_overrides(items) -> dict:
+  import ast
+  out = {}
+  for item in items:
+    key, _, value = item.partition("=")
+    if not key or not _:
+      raise app.UsageError(f"--set={item!r}: expected FIELD=VALUE")
+    try:
+      out[key] = ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+      out[key] = value
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  logging.set_verbosity(logging.WARNING)
+  f = flags.FLAGS
+  unknown = [w for w in f.workloads if w not in step_bench.WORKLOADS]
+  if unknown:
+    raise app.UsageError(f"unknown workloads {unknown}; choose from {list(step_bench.WORKLOADS)}")
+  result = {"machine": common.machine(), "command": " ".join(["python -m bench.run", *sys.argv[1:]])}
+  print(json.dumps(result["machine"]))
+  if f.suite in ("all", "sampler"):
+    result["sampler"] = sampler_bench.run(warmup=f.warmup, repeats=f.repeats)
+  if f.suite in ("all", "steps"):
+    result["steps"] = step_bench.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
+                                     repeats=f.repeats, extra=_parse_overrides(f.set))
+  if f.json:
+    path = pathlib.Path(f.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,133 @@
+"""Full training steps of the project's configs, built exactly as train.py builds them (loop.setup, the
+same train step with on-device augmentation, the same batch path), on synthetic images of each
+config's shape (throughput does not depend on pixel values; Megapixel MNIST draws its canvases from the
+built-in digits, as it would from MNIST).
+
+Per workload: compile time (lower + compile), the median step time with the batch already on device,
+the host's time to make and ship a batch, the median step time as the trainer runs it (batch s+1 made in
+a background thread while step s runs), images/s, FLOPs per step from XLA's cost analysis, and MFU where
+the device's peak is known.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import importlib.util
+import pathlib
+import time
+
+import jax
+
+from apvit_jax.training import loop
+from apvit_jax.training import step as step_lib
+from bench import common
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# name -> (config file, overrides, the reference batch of the issue's table)
+WORKLOADS = {
+    "std_vit_cifar10": ("std_vit_cifar10", {"data.name": "synthetic:32x32x3:10"}),
+    "dps_vit_cifar10": ("dps_vit_cifar10", {"data.name": "synthetic:32x32x3:10"}),
+    "apvit_cifar10": ("apvit_cifar10", {"data.name": "synthetic:32x32x3:10"}),
+    "vit_s16_224": ("vit_cifar10", {"data.name": "synthetic:224x224x3:1000", "model.variant": "S/16",
+                                    "batch_size": 256, "augment.crop_padding": 16}),
+    "pit_t_32": ("pit_t_cifar100", {"data.name": "synthetic:32x32x3:100", "batch_size": 256}),
+    "vit_t2_32": ("vit_t2_cifar100", {"data.name": "synthetic:32x32x3:100", "batch_size": 512}),
+    "ips_megapixel_mnist": ("ips_megapixel_mnist", {"data.digits": "builtin", "batch_size": 16}),
+}
+
+
+def load_config(name: str):
+  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(None)
+
+
+def override(config, key: str, value):
+  node = config
+  *parents, leaf = key.split(".")
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+
+
+def workload_config(name: str, batch_size: int, steps: int, extra: dict):
+  file, overrides = WORKLOADS[name]
+  config = load_config(file)
+  for key, value in {**overrides, **extra}.items():
+    override(config, key, value)
+  if batch_size:
+    config.batch_size = batch_size
+  config.data.num_train = config.batch_size * max(4, min(steps, 16))
+  config.data.num_test = config.batch_size
+  config.progress_bar = False
+  return config
+
+
+def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
+  config = workload_config(name, batch_size, warmup + repeats, extra)
+  run = loop.setup(config)
+  par = run.par
+  state = par.replicate(run.state)
+  data = loop.device_data(run, run.dataset.train)
+  step_fn = par.compile(step_lib.make_train_step(config, run.schedule), num_args=4, broadcast_last=True)
+  select = loop.host_selection(run)
+  if select:
+    raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
+  make_batch = loop.train_batch_maker(run)
+  key = jax.random.key(0)
+  batch = make_batch(0)
+
+  t0 = time.perf_counter()
+  compiled = step_fn.lower(state, data, batch, key).compile()
+  compile_s = time.perf_counter() - t0
+
+  def step(batch):
+    nonlocal state
+    state, metrics = compiled(state, data, batch, key)
+    return metrics
+
+  step_s = common.median_seconds(lambda: jax.block_until_ready(step(batch)), warmup=warmup, repeats=repeats)
+  batch_s = common.median_seconds(lambda: jax.block_until_ready(make_batch(1)), warmup=1,
+                                  repeats=max(3, repeats // 2))
+  # As the trainer runs: the next batch is made in a thread while this step runs on the device.
+  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+  pending = pool.submit(make_batch, 0)
+  times = []
+  for i in range(warmup + repeats):
+    t = time.perf_counter()
+    b = pending.result()
+    pending = pool.submit(make_batch, i + 1)
+    jax.block_until_ready(step(b))
+    times.append(time.perf_counter() - t)
+  pool.shutdown()
+  loop_s = sorted(times[warmup:])[len(times[warmup:]) // 2]
+
+  device = jax.devices()[0]
+  peak, _ = common.device_peaks(device)
+  flops = common.flops_of(compiled)
+  flops = flops * par.num_local if flops and par.mode == "pmap" else flops  # pmap: per device
+  params = sum(x.size for x in jax.tree.leaves(run.state.params))
+  b = config.batch_size
+  scans = config.model.name == "ips" or config.model.get("scan_layers", False)
+  return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
+          "dtype": config.model.get("dtype", "float32"), "params": params, "compile_s": compile_s,
+          "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
+          "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
+          "tflop_per_step": flops / 1e12 if flops else None,
+          # XLA's cost analysis counts a loop body once: IPS's selection scan is undercounted, so no MFU.
+          "mfu": flops / step_s / (peak * jax.device_count()) if flops and peak and not scans else None,
+          "flops_note": "lower bound: the selection scan's body is counted once" if scans else "XLA cost analysis"}
+
+
+def run(*, workloads, batch_size: int, warmup: int, repeats: int, extra: dict) -> list[dict]:
+  rows = []
+  for name in workloads:
+    print(f"... {name}", flush=True)
+    rows.append(time_workload(name, batch_size=batch_size, warmup=warmup, repeats=repeats, extra=extra))
+  print(common.table(rows, [
+      ("workload", "workload", ""), ("batch", "batch", "d"), ("dtype", "dtype", ""), ("compile_s", "compile s", ".1f"),
+      ("step_ms", "step ms", ".1f"), ("batch_ms", "host batch ms", ".1f"), ("loop_step_ms", "step+data ms", ".1f"),
+      ("images_per_s", "img/s", ",.0f"), ("loop_images_per_s", "img/s with data", ",.0f"),
+      ("tflop_per_step", "TFLOP/step (XLA)", ".3f"), ("mfu", "MFU", ".1%")]))
+  return rows
