@@ -59,6 +59,14 @@ def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 10) -> float:
   return 2 * num_bytes / seconds
 
 
+def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
+  """Measured FLOP/s of one n x n x n matmul in `dtype` (float32 accumulation): the practical compute
+  roof of this device, used where no data-sheet peak is known (CPU)."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)).astype(dtype)
+  f = jax.jit(lambda x: jnp.matmul(x, x, preferred_element_type=jnp.float32))
+  return 2 * n ** 3 / median_seconds(lambda: f(a).block_until_ready(), warmup=1, repeats=repeats)
+
+
 def flops_of(compiled) -> float | None:
   """FLOPs per call of a compiled executable by XLA's cost analysis (per device; loop bodies are
   counted once, so scans are undercounted), or None where the backend gives none."""
