@@ -87,3 +87,22 @@ def table(rows: list[dict], columns: list[tuple[str, str, str]]) -> str:
   fmt = lambda v, f: "-" if v is None else (format(v, f) if f else str(v))
   body = ["| " + " | ".join(fmt(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
   return "\n".join([head, rule, *body])
+
+
+def compiled_memory_gib(compiled) -> float | None:
+  """Device memory one call of a compiled executable needs by XLA's buffer assignment (per device):
+  arguments + outputs + temporaries - donated (aliased) buffers. None where the backend gives none."""
+  try:
+    m = compiled.memory_analysis()
+  except Exception:
+    return None
+  if m is None:
+    return None
+  total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+  return total / 2 ** 30
+
+
+def runtime_peak_gib(device) -> float | None:
+  """The allocator's peak bytes in use since the process started (GPU/TPU), or None (CPU)."""
+  stats = device.memory_stats() or {}
+  return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None

@@ -7,7 +7,10 @@ Per workload: compile time (lower + compile), the median step time with the batc
 the host's time to make and ship a batch, the median step time as the trainer runs it (batch s+1 made in
 a background thread while step s runs), images/s, FLOPs per step from XLA's cost analysis, and MFU where
 the device's peak is known, and everywhere the achieved FLOP/s as a share of a measured large matmul in
-the workload's dtype (the practical compute roof; the only one on CPU).
+the workload's dtype (the practical compute roof; the only one on CPU). Memory: what XLA's buffer
+assignment needs for one step per device (arguments + outputs + temporaries - donated buffers), and on
+GPU/TPU the allocator's peak since the process started (run one workload per process for a
+per-workload peak).
 """
 from __future__ import annotations
 
@@ -113,6 +116,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   scans = config.model.name == "ips" or config.model.get("scan_layers", False)
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": config.model.get("dtype", "float32"), "params": params, "compile_s": compile_s,
+          "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
           "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
           "tflop_per_step": flops / 1e12 if flops else None,
@@ -138,5 +142,6 @@ def run(*, workloads, batch_size: int, warmup: int, repeats: int, extra: dict) -
       ("step_ms", "step ms", ".1f"), ("batch_ms", "host batch ms", ".1f"), ("loop_step_ms", "step+data ms", ".1f"),
       ("images_per_s", "img/s", ",.1f"), ("loop_images_per_s", "img/s with data", ",.1f"),
       ("tflop_per_step", "TFLOP/step (XLA)", ".3f"), ("of_matmul", "of measured matmul", ".0%"),
-      ("mfu", "MFU", ".1%")]))
+      ("mfu", "MFU", ".1%"), ("xla_memory_gib", "XLA memory GiB", ".2f"),
+      ("peak_gib", "runtime peak GiB", ".2f")]))
   return rows
