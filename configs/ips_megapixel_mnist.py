@@ -8,8 +8,9 @@ test, tasks majority / max / top / multi. Model: ResNet-18 trunk with 2 stages f
 patches 50x50 with stride 50 (N = 900), memory M = 100, chunk I = 100, cross-attention with 8 heads of
 d_k = 16, MLP 512, one query token per task, sinusoidal positions. AdamW lr 1e-3, weight decay 0.1,
 batch 16, 10 warm-up epochs then cosine to 0.001·lr, 150 epochs (46,875 steps).
-Published: the IPS paper's reproduction reaches 99.1 % on the majority task at 150 epochs. Not yet
-measured here (no GPU in the session that wrote this; on 2 CPU cores one step takes seconds).
+Published: the IPS paper's reproduction reaches 99.1 % on the majority task at 150 epochs. Accuracy not
+yet measured here (no GPU has been lent to this project's IPS work). Measured speed: 20.7 and 23.2 s per
+step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=steps --workloads=ips_megapixel_mnist --batch_size=8`).
 --config.model.ips.loading=lazy keeps the patches on the host; eager_sequential selects image by image.
 Smoke: --config=configs/ips_megapixel_mnist.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
