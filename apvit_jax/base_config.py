@@ -138,3 +138,16 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.data.num_train, c.data.num_test = 64, 40
   c.optim.warmup_epochs = 0.0
   return c
+
+
+def set_fields(c: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
+  """Sets dotted fields ({"model.ips.memory": 8, ...}) in place. An unknown parent raises KeyError; an
+  unknown leaf raises on a locked config (as train.py's are) and is added to an unlocked one
+  (ConfigDict.update_from_flattened_dict would skip an unknown key silently)."""
+  for key, value in values.items():
+    node = c
+    *parents, leaf = key.split(".")
+    for name in parents:
+      node = node[name]
+    node[leaf] = value
+  return c

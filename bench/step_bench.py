@@ -21,6 +21,7 @@ import time
 
 import jax
 
+from apvit_jax.base_config import set_fields
 from apvit_jax.training import loop
 from apvit_jax.training import step as step_lib
 from bench import common
@@ -47,19 +48,10 @@ def load_config(name: str):
   return module.get_config(None)
 
 
-def override(config, key: str, value):
-  node = config
-  *parents, leaf = key.split(".")
-  for p in parents:
-    node = node[p]
-  node[leaf] = value
-
-
 def workload_config(name: str, batch_size: int, steps: int, extra: dict):
   file, overrides = WORKLOADS[name]
   config = load_config(file)
-  for key, value in {**overrides, **extra}.items():
-    override(config, key, value)
+  set_fields(config, {**overrides, **extra})
   if batch_size:
     config.batch_size = batch_size
   config.data.num_train = config.batch_size * max(4, min(steps, 16))

@@ -17,6 +17,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from apvit_jax.base_config import set_fields
 from apvit_jax.training.loop import train_and_evaluate
 
 config_flags.DEFINE_config_file("config", None, "Config file to benchmark.", lock_config=False)
@@ -28,12 +29,10 @@ flags.DEFINE_string("json", None, "Write the results here.")
 def apply(config, overrides: str):
   for item in filter(None, overrides.split(",")):
     key, value = item.split("=", 1)
-    node = config
-    *parents, leaf = key.split(".")
-    for p in parents:
-      node = node[p]
-    old = node[leaf]
-    node[leaf] = type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")
+    old = config
+    for name in key.split("."):
+      old = old[name]
+    set_fields(config, {key: type(old)(value) if not isinstance(old, bool) else value.lower() in ("1", "true")})
   return config
 
 

@@ -261,14 +261,9 @@ def test_megapixel_small_canvas_never_gets_stuck():
 ])
 def test_clear_ips_errors(override, message):
   from apvit_jax.training import loop
+  from apvit_jax.base_config import set_fields
   from test_training import load_config
-  c = load_config("ips_megapixel_mnist")
-  for key, value in override.items():
-    *parents, leaf = key.split(".")
-    node = c
-    for name in parents:
-      node = node[name]
-    node[leaf] = value
+  c = set_fields(load_config("ips_megapixel_mnist"), override)
   with pytest.raises(ValueError, match=message):
     loop.setup(c)
 

@@ -14,6 +14,7 @@ import jax
 import numpy as np
 import pytest
 
+from apvit_jax.base_config import set_fields
 from apvit_jax.data import batches
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import loop, step as step_lib
@@ -34,13 +35,7 @@ def tiny_config(**overrides):
   c.data.num_train, c.data.num_test = 64, 40
   c.progress_bar = False
   c.checkpoint.async_save = False
-  for k, v in overrides.items():
-    node = c
-    *parents, leaf = k.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = v
-  return c
+  return set_fields(c, overrides)
 
 
 def run_steps(config, devices, num_steps=2):
