@@ -7,6 +7,7 @@ images); pixel values keep the image dtype when gathered and are blended in floa
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import jax
@@ -44,14 +45,36 @@ def affine_grid(theta: jax.Array, size: Sequence[int], align_corners: bool = Fal
 
 def _map_base_grid(rows: jax.Array, size: Sequence[int], align_corners: bool) -> jax.Array:
   """rows (..., K, 3) applied to every output pixel's (x, y, 1) -> (..., P_h, P_w, K), float32+."""
-  ph, pw = (int(s) for s in size)
-  dtype = _coord_dtype(rows)
-  rows = rows.astype(dtype)
-  xs = _base_coords(pw, align_corners, dtype)
-  ys = _base_coords(ph, align_corners, dtype)
+  return _map_base_grid_vjp(rows.astype(_coord_dtype(rows)), tuple(int(s) for s in size), align_corners)
+
+
+def _base_grid(size: tuple[int, int], align_corners: bool, dtype) -> tuple[jax.Array, jax.Array]:
+  ph, pw = size
+  return _base_coords(pw, align_corners, dtype), _base_coords(ph, align_corners, dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _map_base_grid_vjp(rows, size, align_corners):
+  xs, ys = _base_grid(size, align_corners, rows.dtype)
   t = rows[..., None, None, :, :]  # (..., 1, 1, K, 3)
   # Written out rather than as a matmul so the ViT-grid case stays bit-exact (no accumulation reordering).
-  return (t[..., 0] * xs[None, :, None] + t[..., 1] * ys[:, None, None] + t[..., 2])
+  return t[..., 0] * xs[None, :, None] + t[..., 1] * ys[:, None, None] + t[..., 2]
+
+
+def _map_base_grid_fwd(rows, size, align_corners):
+  return _map_base_grid_vjp(rows, size, align_corners), None
+
+
+def _map_base_grid_bwd(size, align_corners, _, cotangent):
+  # d rows[..., k, :] = sum over pixels of cotangent[..., k] * (x, y, 1): one small matmul, 6-8x faster on
+  # CPU than the three reductions autodiff writes (measured).
+  xs, ys = _base_grid(size, align_corners, cotangent.dtype)
+  ones = jnp.ones((), cotangent.dtype)
+  base = jnp.stack(jnp.broadcast_arrays(xs[None, :], ys[:, None], ones), -1)  # (P_h, P_w, 3)
+  return (jnp.einsum("...hwk,hwj->...kj", cotangent, base),)
+
+
+_map_base_grid_vjp.defvjp(_map_base_grid_fwd, _map_base_grid_bwd)
 
 
 def homography_grid(h: jax.Array, size: Sequence[int], align_corners: bool = False) -> jax.Array:
@@ -76,9 +99,23 @@ def _unnormalise(coord: jax.Array, n: int, align_corners: bool) -> jax.Array:
   return ((coord + 1.0) * n - 1.0) / 2.0
 
 
+def _check_grid_sample_args(images, grid, padding_mode):
+  if images.ndim != 4:
+    raise ValueError(f"grid_sample: images must be (B, H, W, C), got shape {images.shape}")
+  if grid.shape[-1] != 2 or grid.shape[0] != images.shape[0]:
+    raise ValueError(f"grid_sample: grid must be (B, ..., 2) with B={images.shape[0]}, got {grid.shape}")
+  if padding_mode not in PADDING_MODES:
+    raise ValueError(f"grid_sample: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
 def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
                 align_corners: bool = False) -> jax.Array:
   """Bilinear sampling, as `torch.nn.functional.grid_sample(mode="bilinear")` in NHWC.
+
+  Differentiable through a `jax.custom_vjp` whose backward reuses the forward's corner indices and
+  weights: the image gradient is one scatter-add of the four weighted corners, the grid gradient is
+  formed analytically (a few fused element-wise passes instead of ~90 small autodiff operations).
+  `grid_sample_autodiff` is the same function left to JAX's autodiff; the tests hold the two equal.
 
   Args:
     images: (B, H, W, C).
@@ -87,12 +124,29 @@ def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
   Returns:
     (B, ..., C) in the dtype of `images`.
   """
+  _check_grid_sample_args(images, grid, padding_mode)
+  return _grid_sample_fused_vjp(images, grid, padding_mode, align_corners)
+
+
+def grid_sample_autodiff(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
+                         align_corners: bool = False) -> jax.Array:
+  """`grid_sample` as four masked gathers left to JAX's autodiff: the reference path (same arguments,
+  same result) that the fused backward of `grid_sample` is tested against."""
+  _check_grid_sample_args(images, grid, padding_mode)
+  return _sample_masked(images, grid, padding_mode, align_corners)
+
+
+def _check_grid_sample_args(images, grid, padding_mode):
   if images.ndim != 4:
     raise ValueError(f"grid_sample: images must be (B, H, W, C), got shape {images.shape}")
   if grid.shape[-1] != 2 or grid.shape[0] != images.shape[0]:
     raise ValueError(f"grid_sample: grid must be (B, ..., 2) with B={images.shape[0]}, got {grid.shape}")
   if padding_mode not in PADDING_MODES:
     raise ValueError(f"grid_sample: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+
+
+def _sample_masked(images, grid, padding_mode, align_corners):
+  """The forward pass: four gathers of clamped corners, outside corners masked to weight 0."""
   b, h, w, c = images.shape
   out_shape = grid.shape[:-1]
   dtype = _coord_dtype(grid)
@@ -119,6 +173,109 @@ def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
   out = (corner(y0, x0, wy0 * wx0) + corner(y0, x1, wy0 * wx1)
          + corner(y1, x0, wy1 * wx0) + corner(y1, x1, wy1 * wx1))
   return out.reshape(*out_shape, c).astype(images.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _grid_sample_fused_vjp(images, grid, padding_mode, align_corners):
+  # Called without differentiation: the masked gathers (no padded copy of the image) are fastest.
+  return _sample_masked(images, grid, padding_mode, align_corners)
+
+
+def _forward_keeping_corners(images, grid, padding_mode, align_corners):
+  """The forward under differentiation: reads the image padded by one zero pixel, so every corner is an
+  in-bounds read and the backward's scatter-add needs no mask; keeps the per-sample corners."""
+  b, h, w, c = images.shape
+  g = grid.reshape(-1, 2).astype(_coord_dtype(grid))
+  corners = _corners(g, b, h, w, padding_mode, align_corners)
+  top_left, wx, wy = corners[:3]
+  values = _gather_corners(_pad_flat(images), top_left, w)
+  out = _blend(values, wx, wy, _blend_dtype(images, g))
+  return out.reshape(*grid.shape[:-1], c).astype(images.dtype), (images, grid, corners)
+
+
+def _backward_from_corners(padding_mode, align_corners, residuals, cotangent):
+  images, grid, (top_left, wx, wy, dx, dy) = residuals
+  b, h, w, c = images.shape
+  acc = _blend_dtype(images, wx)
+  ct = cotangent.reshape(-1, c).astype(acc)
+  wx_, wy_ = wx[:, None], wy[:, None]
+  weights = ((1 - wy_) * (1 - wx_), (1 - wy_) * wx_, wy_ * (1 - wx_), wy_ * wx_)
+  image_grad = jnp.zeros((b * (h + 2) * (w + 2), c), acc)
+  for offset, weight in zip(_corner_offsets(w), weights):  # four in-place scatter-adds, no concatenation
+    image_grad = image_grad.at[top_left + offset].add(ct * weight, mode="promise_in_bounds")
+  image_grad = image_grad.reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(images.dtype)
+  tl, tr, bl, br = (v.astype(acc) for v in _gather_corners(_pad_flat(images), top_left, w))
+  # d out / d wx and d out / d wy along the cotangent, summed over channels.
+  d_wx = _sum_channels(ct * ((1 - wy_) * (tr - tl) + wy_ * (br - bl)))
+  d_wy = _sum_channels(ct * ((1 - wx_) * (bl - tl) + wx_ * (br - tr)))
+  grid_grad = jnp.stack([d_wx * dx, d_wy * dy], -1).reshape(grid.shape).astype(grid.dtype)
+  return image_grad, grid_grad
+
+
+_grid_sample_fused_vjp.defvjp(_forward_keeping_corners, _backward_from_corners)
+
+
+def _corners(g: jax.Array, b: int, h: int, w: int, padding_mode: str, align_corners: bool):
+  """Where each sample's 2x2 neighbourhood lies in the image padded by one pixel on every side.
+
+  g: (S, 2) with S = B K samples, K per image. Returns (top_left, wx, wy, dx, dy), each (S,): the flat
+  index of the top-left corner in the padded image viewed as (B (H+2) (W+2), C) (int32); the weights of
+  the right and lower corners; d(pixel coordinate)/d(grid coordinate), zero where the coordinate was
+  clamped. Clamping to [-1, W] (zeros) or [0, W-1] (border) before the floor makes every corner an
+  in-bounds read: outside corners read the zero padding, exactly what PyTorch's masks give.
+  The result passes an optimisation barrier: XLA would otherwise recompute this arithmetic inside each of
+  the gathers and the scatter that consume it (measured 2.5x slower on CPU).
+  """
+  def axis(coord, n):
+    scale = (n - 1) / 2.0 if align_corners else n / 2.0
+    pixel = _unnormalise(coord, n, align_corners)
+    lo, hi = (-1.0, float(n)) if padding_mode == "zeros" else (0.0, n - 1.0)
+    clamped = jnp.clip(pixel, lo, hi)
+    left = jnp.minimum(jnp.floor(clamped), n - 1.0)
+    slope = jnp.where((pixel > lo) & (pixel < hi), scale, 0.0).astype(coord.dtype)
+    return left.astype(jnp.int32) + 1, clamped - left, slope
+
+  x0, wx, dx = axis(g[:, 0], w)
+  y0, wy, dy = axis(g[:, 1], h)
+  image_start = jnp.repeat(jnp.arange(b, dtype=jnp.int32) * ((h + 2) * (w + 2)), g.shape[0] // b)
+  return jax.lax.optimization_barrier((image_start + y0 * (w + 2) + x0, wx, wy, dx, dy))
+
+
+def _corner_offsets(w: int) -> tuple[int, int, int, int]:
+  """Flat offsets of the top-left, top-right, bottom-left, bottom-right corners in the padded image."""
+  return (0, 1, w + 2, w + 3)
+
+
+def _gather_corners(padded_flat, top_left, w):
+  """(B (H+2) (W+2), C), (S,) -> four (S, C) corner values: TL, TR, BL, BR. Four 1-D gathers: XLA:CPU
+  runs one gather with an (S, 4) index array ~7x slower (measured)."""
+  return tuple(padded_flat.at[top_left + o].get(mode="promise_in_bounds") for o in _corner_offsets(w))
+
+
+def _blend(values, wx, wy, dtype):
+  """Bilinear blend of the four (S, C) corners with right/lower weights wx, wy (S,), in `dtype`."""
+  tl, tr, bl, br = (v.astype(dtype) for v in values)
+  wx, wy = wx[:, None].astype(dtype), wy[:, None].astype(dtype)
+  return tl * ((1 - wy) * (1 - wx)) + tr * ((1 - wy) * wx) + bl * (wy * (1 - wx)) + br * (wy * wx)
+
+
+def _sum_channels(x):
+  """(S, C) -> (S,). Few channels are added as columns: XLA:CPU hands a reduction over a minor axis of 3
+  to a library kernel that took 15 of 54 ms in the sampler's backward (profiled)."""
+  if x.shape[-1] <= 4:
+    return functools.reduce(jnp.add, [x[:, i] for i in range(x.shape[-1])])
+  return x.sum(-1)
+
+
+def _blend_dtype(images, coords):
+  """Pixel values are blended (and gradients accumulated) in float32, or float64 where given."""
+  return jnp.promote_types(images.dtype, coords.dtype)
+
+
+def _pad_flat(images):
+  """(B, H, W, C) -> the image with one zero pixel on every side, as rows (B (H+2) (W+2), C)."""
+  b, h, w, c = images.shape
+  return jnp.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0))).reshape(b * (h + 2) * (w + 2), c)
 
 
 def sample_patches(images: jax.Array, theta: jax.Array, patch_size: int | Sequence[int], *,

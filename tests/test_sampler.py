@@ -152,3 +152,62 @@ def test_identity_homography_equals_affine():
   images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)
   np.testing.assert_array_equal(np.asarray(sampler.sample_patches(images, jnp.asarray(h), 4)),
                                 np.asarray(sampler.sample_patches(images, jnp.asarray(theta), 4)))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+def test_fused_backward_equals_autodiff(padding_mode, align_corners, dtype):
+  """grid_sample's custom_vjp (one scatter-add, analytic grid gradient) == JAX's autodiff of the masked
+  gathers, for values and both gradients, on rotated, sheared and out-of-image patches."""
+  rng = np.random.default_rng()
+  b, h, w, c, n, p = 3, 23, 17, 3, 7, 5
+  images = jnp.asarray(rng.normal(size=(b, h, w, c)), dtype)
+  theta = jnp.asarray(random_theta(rng, (b, n)))
+  cotangent = jnp.asarray(rng.normal(size=(b, n, p, p, c)), dtype)
+
+  def vjp(sample):
+    f = lambda im, th: sample(im, sampler.affine_grid(th, (p, p), align_corners), padding_mode, align_corners)
+    out, pullback = jax.vjp(jax.jit(f), images, theta)
+    return (out, *pullback(cotangent))
+
+  fused, autodiff = vjp(sampler.grid_sample), vjp(sampler.grid_sample_autodiff)
+  grid = np.asarray(sampler.affine_grid(theta, (p, p), align_corners))
+  assert (np.abs(grid) > 1).any() and (np.abs(grid) < 1).all(-1).any()  # both outside and inside samples
+  for name, got, want in zip(("value", "image grad", "theta grad"), fused, autodiff):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert np.abs(want).max() > 0, name
+    if dtype == "float32":
+      # The two paths sum the same float32 terms in a different order; a gradient entry can be a
+      # near-cancelling sum, so the absolute part scales with the largest entry.
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max(), err_msg=name)
+    else:
+      # bf16 images and cotangents, float32 arithmetic: both paths round their result to bf16 once
+      # (relative 2^-8); the image gradient is accumulated in float32 before that rounding.
+      np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max(), err_msg=name)
+
+
+def test_affine_grid_gradient_matches_numpy():
+  """affine_grid's backward (one einsum with the base grid) vs the float64 sum over pixels."""
+  rng = np.random.default_rng()
+  theta = random_theta(rng, (2, 3))
+  for align_corners in (False, True):
+    cotangent = rng.normal(size=(2, 3, 4, 7, 2))
+    _, pullback = jax.vjp(lambda t: sampler.affine_grid(t, (4, 7), align_corners), jnp.asarray(theta))
+    got = np.asarray(pullback(jnp.asarray(cotangent, jnp.float32))[0], np.float64)
+    base = ref.affine_grid(np.broadcast_to(np.eye(2, 3), (1, 2, 3)), 4, 7, align_corners)[0]  # (4, 7, 2)
+    xy1 = np.concatenate([base, np.ones((4, 7, 1))], -1)
+    want = np.einsum("bnhwk,hwj->bnkj", cotangent, xy1)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_grid_sample_check_grads_float64():
+  """The custom_vjp against finite differences, directly on a grid (not through affine_grid)."""
+  rng = np.random.default_rng()
+  with jax.enable_x64(True):
+    images = jnp.asarray(rng.normal(size=(2, 7, 6, 2)))
+    grid = jnp.asarray(rng.uniform(-1.3, 1.3, size=(2, 5, 4, 2)))
+    for padding_mode in ("zeros", "border"):
+      f = lambda im, g: sampler.grid_sample(im, g, padding_mode=padding_mode)
+      check_grads(f, (images, grid), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
