@@ -70,6 +70,8 @@ def base_config() -> ml_collections.ConfigDict:
   a.transform = "translate"    # translate (DPS) | scale | aniso_scale | scale_rotate (APViT) |
                                # aniso_scale_rotate | affine | projective  (apvit_jax/patch_params.py)
   a.bound = "tanh"             # translation bound: "tanh" (published) or "reflect" (reaches the border)
+  a.translate_range = "inside"  # "inside": t scaled so patches stay in the image (DPS-ViT document);
+                               # "full": unscaled t, patches may overhang (the published DPS-ViT code)
   a.max_scale = 0.5
   a.max_perspective = 0.25     # projective only
   a.stn = "dps"                # localisation net: "dps" (conv + channel attention) or "cnn"

@@ -22,6 +22,10 @@ Bounds (the published semantics, generalised):
   Translation: with [lo, hi] the x-range of the patch's corners before translating (-e, e for affine
   maps), t_x = -(lo + hi) / 2 + max(1 - (hi - lo) / 2, 0) * bound(raw), bound = tanh (published) or
   a triangle wave ("reflect", which reaches the image border with slope 1: see `BOUNDS`).
+  translate_range="full" drops the room factor, t_x = -(lo + hi) / 2 + bound(raw): the patch centre ranges
+  over the whole image and a patch may hang out of it by up to its half-extent (zero-padded). That is what
+  the published DPS-ViT code did at the commit behind its 77.84 % (t = tanh(raw)); its document states the
+  scaled bound, which is our default ("inside").
 """
 from __future__ import annotations
 
@@ -38,6 +42,9 @@ KINDS = {"translate": 2, "scale": 3, "aniso_scale": 4, "scale_rotate": 4, "aniso
 # has no finite raw value. "reflect": a triangle wave of period 4, equal to x on [-1, 1], reaching
 # +-1 with slope 1; needed for an exact identity-grid start.
 BOUNDS = ("tanh", "reflect")
+# "inside": t scaled by the room left, so every patch stays in the image (the DPS-ViT document);
+# "full": t = bound(raw), the patch centre anywhere in the image (the published DPS-ViT code).
+TRANSLATE_RANGES = ("inside", "full")
 _CORNERS = np.array([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]], np.float32)
 
 
@@ -56,12 +63,15 @@ class PatchTransform:
   max_scale: float = 0.5
   max_perspective: float = 0.25
   bound: str = "tanh"
+  translate_range: str = "inside"
 
   def __post_init__(self):
     if self.kind not in KINDS:
       raise ValueError(f"unknown patch transform {self.kind!r}; choose from {sorted(KINDS)}")
     if self.bound not in BOUNDS:
       raise ValueError(f"unknown translation bound {self.bound!r}; choose from {BOUNDS}")
+    if self.translate_range not in TRANSLATE_RANGES:
+      raise ValueError(f"unknown translate_range {self.translate_range!r}; choose from {TRANSLATE_RANGES}")
     h, w = self.image_size
     if not 0 < self.patch_size <= min(h, w):
       raise ValueError(f"patch size {self.patch_size} does not fit in the {h}x{w} image")
@@ -127,7 +137,7 @@ class PatchTransform:
     if persp is not None:
       corners = corners / (1.0 + jnp.einsum("...j,kj->...k", persp, _CORNERS))[..., None]
     lo, hi = corners.min(axis=-2), corners.max(axis=-2)  # (..., 2)
-    room = jnp.maximum(1.0 - (hi - lo) / 2.0, 0.0)
+    room = jnp.maximum(1.0 - (hi - lo) / 2.0, 0.0) if self.translate_range == "inside" else 1.0
     bounded = jnp.tanh(raw[..., :2]) if self.bound == "tanh" else reflect(raw[..., :2])
     t = -(lo + hi) / 2.0 + room * bounded
     if persp is None:
@@ -153,8 +163,9 @@ class PatchTransform:
     ty, tx = np.meshgrid((2.0 * np.arange(gh) + 1.0) / gh - 1.0, (2.0 * np.arange(gw) + 1.0) / gw - 1.0,
                          indexing="ij")
     sx, sy = p / w, p / h
-    # room = 1 - extent; the reflect bound is the identity on [-1, 1].
-    raw_t = np.stack([tx / max(1.0 - sx, 1e-12), ty / max(1.0 - sy, 1e-12)], -1).reshape(gh * gw, 2)
+    # room = 1 - extent ("inside") or 1 ("full"); the reflect bound is the identity on [-1, 1].
+    room_x, room_y = (1.0 - sx, 1.0 - sy) if self.translate_range == "inside" else (1.0, 1.0)
+    raw_t = np.stack([tx / max(room_x, 1e-12), ty / max(room_y, 1e-12)], -1).reshape(gh * gw, 2)
 
     def inv_scale(s, squash="sigmoid"):
       if not s < self.max_scale:

@@ -3,10 +3,12 @@
   python -m bench.run --suite=all --json=bench/results/RUN.json             # GPU / TPU: the issue's sizes
   python -m bench.run --suite=steps --batch_size=8 --repeats=3 --json=...   # CPU: small batches
   python -m bench.run --suite=steps --workloads=apvit_cifar10 --set=model.dtype=float32
+  python -m bench.run --suite=gpu --out=DIR    # ours vs the PyTorch peers, the GPU issue's sizes
+  python -m bench.run --suite=cpu --out=DIR    # ours vs the PyTorch peers, the CPU issue's sizes
 
-Suites: `sampler` (bench/sampler_bench.py) and `steps` (bench/step_bench.py). Each prints a Markdown
-table and the JSON (with the machine and the command) goes to --json. Timings are medians after
-warm-up; no test asserts any of them.
+Suites: `sampler` (bench/sampler_bench.py) and `steps` (bench/step_bench.py) print a Markdown table and
+write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch peers in the same process
+and write DIR/results.json and DIR/results.md. Timings are medians after warm-up; no test asserts any.
 """
 import json
 import pathlib
@@ -14,9 +16,13 @@ import sys
 
 from absl import app, flags, logging
 
-from bench import common, sampler_bench, step_bench
+from bench import common, peers_suite, sampler_bench, step_bench
 
-flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps"], "Which benchmarks to run.")
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", *peers_suite.PRESETS],
+                  "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
+                  "sizes of the GPU or the CPU speed issue (gpu, cpu).")
+flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
+flags.DEFINE_bool("tiny", False, "gpu/cpu suites: tiny sizes, to check the command end to end on a CPU.")
 flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
                   + ", ".join(step_bench.WORKLOADS))
 flags.DEFINE_integer("batch_size", 0, "Global batch for every step workload; 0: the reference batch "
@@ -50,7 +56,13 @@ def main(argv):
   unknown = [w for w in f.workloads if w not in step_bench.WORKLOADS]
   if unknown:
     raise app.UsageError(f"unknown workloads {unknown}; choose from {list(step_bench.WORKLOADS)}")
-  result = {"machine": common.machine(), "command": " ".join(["python -m bench.run", *sys.argv[1:]])}
+  command = " ".join(["python -m bench.run", *sys.argv[1:]])
+  if f.suite in peers_suite.PRESETS:
+    if not f.out:
+      raise app.UsageError(f"--suite={f.suite} writes DIR/results.json and DIR/results.md: give --out=DIR")
+    peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
+    return
+  result = {"machine": common.machine(), "command": command}
   print(json.dumps(result["machine"]))
   if f.suite in ("all", "sampler"):
     result["sampler"] = sampler_bench.run(warmup=f.warmup, repeats=f.repeats)

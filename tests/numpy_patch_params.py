@@ -17,7 +17,7 @@ def triangle(x):
   return 2.0 / np.pi * np.arcsin(np.sin(np.pi * x / 2.0))
 
 
-def patch_map(r, kind, patch, image_hw, max_scale, max_persp, bound):
+def patch_map(r, kind, patch, image_hw, max_scale, max_persp, bound, translate_range="inside"):
   """r (K,) -> (H (3, 3) homography of the patch, centre (2,))."""
   h, w = image_hw
   g = hh = 0.0
@@ -41,18 +41,21 @@ def patch_map(r, kind, patch, image_hw, max_scale, max_persp, bound):
   corners = np.array(corners)
   lo, hi = corners.min(0), corners.max(0)
   b = np.tanh(r[:2]) if bound == "tanh" else triangle(r[:2])
-  t = -(lo + hi) / 2 + np.maximum(1 - (hi - lo) / 2, 0) * b
+  room = np.maximum(1 - (hi - lo) / 2, 0) if translate_range == "inside" else 1.0  # "full": unscaled
+  t = -(lo + hi) / 2 + room * b
   top = lin + np.outer(t, [g, hh])
   return np.block([[top, t[:, None]], [np.array([[g, hh, 1.0]])]]), t
 
 
-def patch_maps(raw, kind, patch, image_hw, max_scale=0.5, max_persp=0.25, bound="tanh"):
+def patch_maps(raw, kind, patch, image_hw, max_scale=0.5, max_persp=0.25, bound="tanh",
+               translate_range="inside"):
   """raw (..., K) -> homographies (..., 3, 3), centres (..., 2)."""
   raw = np.asarray(raw, np.float64)
   hs = np.zeros(raw.shape[:-1] + (3, 3))
   ts = np.zeros(raw.shape[:-1] + (2,))
   for idx in np.ndindex(*raw.shape[:-1]):
-    hs[idx], ts[idx] = patch_map(raw[idx], kind, patch, image_hw, max_scale, max_persp, bound)
+    hs[idx], ts[idx] = patch_map(raw[idx], kind, patch, image_hw, max_scale, max_persp, bound,
+                                 translate_range)
   return hs, ts
 
 

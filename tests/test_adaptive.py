@@ -57,14 +57,16 @@ def tiles(images, p):
 
 # --- patch transforms -------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("translate_range", patch_params.TRANSLATE_RANGES)
 @pytest.mark.parametrize("bound", patch_params.BOUNDS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_patch_maps_match_numpy(kind, bound):
-  rng = np.random.default_rng(hash((kind, bound)) % 2**32)
+def test_patch_maps_match_numpy(kind, bound, translate_range):
+  rng = np.random.default_rng()
   raw = rng.normal(0.0, 2.0, (3, 5, patch_params.KINDS[kind]))
-  pt = patch_params.PatchTransform(kind, 8, (32, 48), max_scale=0.3, max_perspective=0.25, bound=bound)
+  pt = patch_params.PatchTransform(kind, 8, (32, 48), max_scale=0.3, max_perspective=0.25, bound=bound,
+                                   translate_range=translate_range)
   theta, centres = pt(jnp.asarray(raw, jnp.float32))
-  want_h, want_t = ref.patch_maps(raw, kind, 8, (32, 48), 0.3, 0.25, bound)
+  want_h, want_t = ref.patch_maps(raw, kind, 8, (32, 48), 0.3, 0.25, bound, translate_range)
   np.testing.assert_allclose(as_homography(theta), want_h, rtol=1e-5, atol=2e-6)
   np.testing.assert_allclose(np.asarray(centres, np.float64), want_t, rtol=1e-5, atol=2e-6)
 
@@ -194,6 +196,41 @@ def test_front_end_matches_numpy(transform, posemb, bound):
     np.testing.assert_array_equal(np.asarray(pos)[0], table)
   else:
     assert pos is None
+
+
+def test_full_translate_range_is_the_published_dps_code():
+  """translate_range="full": t = tanh(raw) exactly (the published DPS-ViT code), so patches overhang the
+  image and read zeros there; the positional code is computed from that t. The default ("inside")
+  scales t by 1 - P/W and keeps every patch inside."""
+  rng = np.random.default_rng()
+  images = rng.uniform(0.5, 1.5, size=(2, 16, 16, 3)).astype(np.float32)  # no zero pixels inside
+  raw = rng.normal(0.0, 1.0, (16, 2)).astype(np.float32)
+  raw[0] = (4.0, -4.0)  # tanh = ±0.9993: the patch centre is almost on the border, half the patch outside
+  tokens = {}
+  for rng_mode in ("inside", "full"):
+    front = adaptive.AdaptivePatching(width=24, patch_size=4, transform="translate", bound="tanh",
+                                      translate_range=rng_mode, stn_hidden=4, stn_attn_width=8,
+                                      posemb="translation", pos_dim=8)
+    params = init_params(front, jnp.asarray(images), 0)
+    params = {**params, "loc_head": {"kernel": jnp.zeros_like(params["loc_head"]["kernel"])},
+              "patch_bias": jnp.asarray(raw)}
+    tokens[rng_mode], _, extras = front.apply({"params": params}, jnp.asarray(images), train=False)
+    centres = np.asarray(extras["centres"], np.float64)
+    scale = 1.0 if rng_mode == "full" else 1.0 - 4 / 16
+    np.testing.assert_allclose(centres, np.broadcast_to(np.tanh(raw.astype(np.float64)) * scale, (2, 16, 2)),
+                               rtol=1e-6, atol=1e-7)
+    hs, ts = ref.patch_maps(np.broadcast_to(raw, (2, 16, 2)), "translate", 4, (16, 16), bound="tanh",
+                            translate_range=rng_mode)
+    patches = ref_sampler.grid_sample(images, ref_sampler.affine_grid(hs[..., :2, :], 4, 4, False), "zeros", False)
+    emb, te = params["embedding"], params["translation_embed"]
+    want = np.concatenate([
+        patches.reshape(2, 16, -1) @ np.asarray(emb["kernel"], np.float64).reshape(48, -1) + np.asarray(emb["bias"]),
+        ts @ np.asarray(te["kernel"], np.float64) + np.asarray(te["bias"])], -1)
+    np.testing.assert_allclose(np.asarray(tokens[rng_mode], np.float64), want, rtol=1e-5, atol=1e-5)
+    # Patch 0's top-right quarter lies outside the image under "full" (zeros), never under "inside".
+    outside = (patches[:, 0] == 0).all(-1)
+    assert outside.any() if rng_mode == "full" else not outside.any()
+  assert not np.allclose(np.asarray(tokens["inside"]), np.asarray(tokens["full"]))
 
 
 # --- whole models ---------------------------------------------------------------------------------------

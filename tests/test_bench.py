@@ -1,9 +1,18 @@
 """The benchmarks run end to end (on CPU, tiny): they report what they claim. No timing is asserted."""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import numpy as np
+import pytest
 
 from apvit_jax import sampler
-from bench import common, sampler_bench, step_bench
+from bench import common, peers_suite, sampler_bench, step_bench, torch_peers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_step_benchmark_builds_the_trainers_step_and_counts_flops():
@@ -30,3 +39,39 @@ def test_table_and_peaks():
   assert common.device_peaks(jax.devices("cpu")[0]) == (None, None)
   out = common.table([{"a": "x", "b": 1234.5}, {"a": "y"}], [("a", "name", ""), ("b", "value", ",.1f")])
   assert out.splitlines() == ["| name | value |", "|---|---:|", "| x | 1,234.5 |", "| y | - |"]
+
+
+@pytest.mark.slow
+def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path):
+  """`python -m bench.run --suite=gpu --tiny --out=DIR` as a user types it: every row of the GPU suite
+  (sampler, peer steps, our adaptive and IPS steps) at tiny sizes, both result files written."""
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  proc = subprocess.run([sys.executable, "-m", "bench.run", "--suite=gpu", "--tiny", "--warmup=0", "--repeats=1",
+                         f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  result = json.loads((tmp_path / "results.json").read_text())
+  names = [r["workload"] for r in result["rows"]]
+  assert names[:2] == ["sampler forward B2 16² 4×8²", "sampler fwd+bwd B2 16² 4×8²"]
+  assert [n.split()[1] for n in names[2:]] == [w for w, *_ in peers_suite.PRESETS["gpu"]["steps"]]
+  for row in result["rows"]:
+    assert row["ours_ms"] > 0, row
+    assert ("peer_ms" in row) == ("ours_vs_peer" in row)
+    if "peer_ms" in row:
+      np.testing.assert_allclose(row["ours_vs_peer"], row["peer_ms"] / row["ours_ms"])
+    else:
+      assert row["note"], row  # a missing peer is named, never silently absent
+  assert "| workload |" in (tmp_path / "results.md").read_text()
+
+
+def test_peer_vit_has_our_shape():
+  """The PyTorch peer of std_vit_cifar10 is built with the config's patch, width, depth and heads."""
+  config = step_bench.workload_config("std_vit_cifar10", 8, 1, {})
+  assert peers_suite.peer_shape(config) == dict(image=32, patch=8, width=288, depth=6, heads=4, classes=10,
+                                                dropout=0.1)
+  torch = pytest.importorskip("torch", reason="PyTorch not installed: the peer is built only where it is")
+  model, _ = torch_peers.vit(torch, **peers_suite.peer_shape(config))
+  ours = step_bench.loop.setup(config).state.params
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  # Ours has one LayerNorm more per block (2·288·6 parameters) and per-patch nothing else: same size
+  # within that difference.
+  assert abs(count(ours) - sum(p.numel() for p in model.parameters())) <= 2 * 288 * 6

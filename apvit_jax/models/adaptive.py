@@ -42,6 +42,7 @@ class AdaptivePatching(nn.Module):
   num_patches: int = 0            # 0: as many as the ViT grid has tiles
   transform: str = "translate"    # see apvit_jax/patch_params.py
   bound: str = "tanh"
+  translate_range: str = "inside"  # or "full": the published DPS-ViT code's unscaled t (patch_params.py)
   max_scale: float = 0.5
   max_perspective: float = 0.25
   stn: str = "dps"
@@ -59,7 +60,7 @@ class AdaptivePatching(nn.Module):
 
   def patch_transform(self, image_shape) -> PatchTransform:
     return PatchTransform(self.transform, self.patch_size, tuple(image_shape[:2]), self.max_scale,
-                          self.max_perspective, self.bound)
+                          self.max_perspective, self.bound, self.translate_range)
 
   @nn.compact
   def __call__(self, images, *, train: bool):

@@ -7,6 +7,7 @@ from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, AdaptivePatching, adapti
 from apvit_jax.models.posembed import LOOKUPS
 from apvit_jax.models.stn import STNS
 from apvit_jax.models.vit import ViT, decode_variant
+from apvit_jax.patch_params import TRANSLATE_RANGES
 
 MODELS = ("vit", "ips")
 FRONT_ENDS = ("grid", "adaptive")   # grid: ViT / PiT; adaptive: DPS-ViT, APViT
@@ -97,6 +98,7 @@ def check_image_fits(model_cfg, image_shape) -> None:
   _choice(a.stn, STNS, "model.adaptive.stn")
   _choice(a.posemb, ADAPTIVE_POSEMBS, "model.adaptive.posemb")
   _choice(a.posemb_lookup, LOOKUPS, "model.adaptive.posemb_lookup")
+  _choice(a.translate_range, TRANSLATE_RANGES, "model.adaptive.translate_range")
   if not 0 <= a.num_patches <= h * w:  # patches may overlap, but more of them than pixels is an error
     raise ValueError(f"model.adaptive.num_patches={a.num_patches}: more patches than fit a {h}x{w} image "
                      f"(at most one per pixel, {h * w}); 0 means the ViT grid's {(h // p) * (w // p)}")

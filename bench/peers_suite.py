@@ -1,0 +1,153 @@
+"""Ours against the PyTorch peers, in one process, one command:
+
+  python -m bench.run --suite=gpu --out=DIR    # the GPU issue's sizes (H100: a few minutes)
+  python -m bench.run --suite=cpu --out=DIR    # the CPU issue's sizes (2 cores: ~10 minutes)
+
+Writes DIR/results.json (rows, machine, command) and DIR/results.md (the table). Rows:
+- sampler forward and forward+backward (ours: `sample_patches`; peer: torch affine_grid + grid_sample);
+- train steps with on-device augmentation, ours (the trainer's own compiled step, `bench/step_bench.py`)
+  vs a PyTorch ViT of the same shape (`bench/torch_peers.py`: timm where installed, torch.compile + bf16
+  + fused AdamW on GPU);
+- our other workloads alone (adaptive models, IPS), where no peer exists in PyTorch at hand.
+Each row: ms and images/s, the peer's, ours vs peer (> 1: ours faster), MFU where the device's peak and
+the FLOPs are known, and a hint at the bound from the measured numbers (× bandwidth floor for the
+sampler; MFU for steps). The hint is arithmetic on measurements, not a profile.
+`tiny=True` shrinks every workload (batch 2, one layer, small canvases) so a test runs the whole command
+on a CPU; its timings mean nothing.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from apvit_jax import sampler
+from apvit_jax.models.vit import decode_variant
+from bench import common, sampler_bench, step_bench, torch_peers
+
+# (workload of bench/step_bench.py, batch, whether a PyTorch ViT of the same shape is the peer, overrides)
+PRESETS = {
+    "gpu": {
+        "sampler": sampler_bench.SIZES,
+        "steps": (("vit_s16_224", 256, True, {}), ("pit_t_32", 256, True, {}), ("vit_t2_32", 512, True, {}),
+                  ("std_vit_cifar10", 256, True, {}), ("dps_vit_cifar10", 256, False, {}),
+                  ("apvit_cifar10", 256, False, {}),
+                  ("ips_megapixel_mnist", 16, False, {"model.ips.memory": 100, "model.ips.chunk": 100})),
+    },
+    "cpu": {
+        "sampler": (sampler_bench.SIZES[0], ("B32 224² 196×16²", 32, 224, 16)),
+        "steps": (("std_vit_cifar10", 64, True, {"model.dtype": "float32"}),),
+    },
+}
+TINY_SAMPLER = (("B2 16² 4×8²", 2, 16, 8),)
+TINY_OVERRIDES = {"model.depth": 1}
+TINY_IPS = {"data.canvas": 200, "model.ips.patch_size": 25, "model.ips.patch_stride": 25,
+            "model.ips.memory": 8, "model.ips.chunk": 8, "model.ips.num_stages": 1}
+
+
+def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
+  torch, why_not = torch_peers.torch_or_reason()
+  _, spec_bw = common.device_peaks(jax.devices()[0])
+  bandwidth = spec_bw or common.copy_bandwidth(num_bytes=1 << 26)
+  rows = []
+  for name, batch, side, patch in sizes:
+    images, theta = sampler_bench._inputs(batch, side, patch)
+    cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
+    forward = jax.jit(lambda x, t, p=patch: sampler.sample_patches(x, t, p))
+    both = jax.jit(lambda x, t, c, p=patch: jax.vjp(lambda x, t: sampler.sample_patches(x, t, p), x, t)[1](c))
+    image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
+    for mode, fn, args, moved in (("forward", forward, (images, theta), image_bytes + patch_bytes),
+                                  ("fwd+bwd", both, (images, theta, cotangent),
+                                   3 * image_bytes + 2 * patch_bytes)):
+      ms = 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)), warmup=max(warmup, 1),
+                                       repeats=repeats)
+      row = {"workload": f"sampler {mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
+             f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
+      if torch is None:
+        row.update(peer="-", note=why_not)
+      else:
+        row.update(peer="torch affine_grid + grid_sample", peer_ms=torch_peers.sampler_ms(
+            np.asarray(images), np.asarray(theta), patch, backward=mode == "fwd+bwd", warmup=max(warmup, 1),
+            repeats=repeats))
+      rows.append(row)
+  return rows
+
+
+def peer_shape(config) -> dict:
+  """The PyTorch ViT matching one of our ViT configs: image side, patch, width, depth, heads, classes."""
+  m = config.model
+  shape = decode_variant(m.variant)
+  side = int(config.data.name.split(":")[1].split("x")[0])
+  return dict(image=side, patch=shape["patch_size"], width=m.width or shape["width"],
+              depth=m.depth or shape["depth"], heads=m.num_heads or shape["num_heads"],
+              classes=int(config.data.name.split(":")[2]), dropout=m.dropout)
+
+
+def step_rows(steps, *, tiny: bool, warmup: int, repeats: int) -> list[dict]:
+  _, why_not = torch_peers.torch_or_reason()
+  rows = []
+  for name, batch, has_peer, overrides in steps:
+    extra = {**overrides, **(TINY_OVERRIDES if tiny else {}),
+             **(TINY_IPS if tiny and name.startswith("ips") else {})}
+    if tiny and name.startswith("ips"):
+      extra.pop("model.depth")
+    batch = 2 if tiny else batch
+    print(f"... {name} (batch {batch})", flush=True)
+    ours = step_bench.time_workload(name, batch_size=batch, warmup=warmup, repeats=repeats, extra=extra)
+    row = {"workload": f"step {name}", "batch": batch, "dtype": ours["dtype"], "ours_ms": ours["step_ms"],
+           "ours_with_data_ms": ours["loop_step_ms"], "mfu": ours["mfu"], "compile_s": ours["compile_s"],
+           "xla_memory_gib": ours["xla_memory_gib"], "peak_gib": ours["peak_gib"],
+           "bound": (f"MFU {ours['mfu']:.0%}" if ours["mfu"] else "-"), "flops_note": ours["flops_note"]}
+    if not has_peer:
+      row.update(peer="-", note="no PyTorch peer run here")
+    elif why_not:
+      row.update(peer="-", note=why_not)
+    else:
+      config = step_bench.workload_config(name, batch, 1, extra)
+      peer_ms, how = torch_peers.vit_step_ms(**peer_shape(config), batch=batch,
+                                             crop_padding=config.augment.crop_padding, warmup=warmup,
+                                             repeats=repeats)
+      row.update(peer=how, peer_ms=peer_ms)
+    rows.append(row)
+  return rows
+
+
+def finish(rows: list[dict]) -> list[dict]:
+  for r in rows:
+    batch = r.get("batch")
+    if batch:
+      r["ours_images_per_s"] = batch / r["ours_ms"] * 1e3
+      if r.get("peer_ms"):
+        r["peer_images_per_s"] = batch / r["peer_ms"] * 1e3
+    if r.get("peer_ms"):
+      r["ours_vs_peer"] = r["peer_ms"] / r["ours_ms"]
+  return rows
+
+
+COLUMNS = [("workload", "workload", ""), ("batch", "batch", "d"), ("ours_ms", "ours ms", ".2f"),
+           ("ours_images_per_s", "ours img/s", ",.0f"), ("peer_ms", "peer ms", ".2f"),
+           ("peer_images_per_s", "peer img/s", ",.0f"), ("ours_vs_peer", "ours vs peer", ".2f"),
+           ("mfu", "MFU", ".1%"), ("peak_gib", "peak GiB", ".2f"), ("bound", "bound (hint)", ""),
+           ("peer", "peer", "")]
+
+
+def run(preset: str, out: str | pathlib.Path, *, tiny: bool = False, warmup: int = 3, repeats: int = 10,
+        command: str = "") -> dict:
+  """Runs one preset ("gpu" or "cpu"), writes out/results.json and out/results.md, returns the result."""
+  spec = PRESETS[preset]
+  rows = sampler_rows(TINY_SAMPLER if tiny else spec["sampler"], warmup=warmup, repeats=repeats)
+  rows += step_rows(spec["steps"], tiny=tiny, warmup=warmup, repeats=repeats)
+  finish(rows)
+  result = {"preset": preset, "tiny": tiny, "machine": common.machine(), "command": command, "rows": rows}
+  table = common.table(rows, COLUMNS)
+  notes = [f"- {r['workload']}: {r['note']}" for r in rows if r.get("note")]
+  out = pathlib.Path(out)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+  (out / "results.md").write_text(f"# {preset} suite\n\n`{command}`\n\n{json.dumps(result['machine'])}\n\n"
+                                  f"{table}\n\n" + "\n".join(notes) + "\n")
+  print(table)
+  print("\n".join(notes))
+  return result
