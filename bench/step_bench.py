@@ -22,6 +22,7 @@ import time
 import jax
 
 from apvit_jax.base_config import set_fields
+from apvit_jax.models import registry
 from apvit_jax.training import loop
 from apvit_jax.training import step as step_lib
 from bench import common
@@ -107,7 +108,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   b = config.batch_size
   scans = config.model.name == "ips" or config.model.get("scan_layers", False)
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
-          "dtype": config.model.get("dtype", "float32"), "params": params, "compile_s": compile_s,
+          "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
           "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
           "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,

@@ -8,7 +8,7 @@ python batches offline: --config.data.name=cifar100_raw --config.data.data_dir=/
 Recipe (published): AdamW lr 0.004, betas (0.9, 0.95), weight decay 0.3, global batch 1024, 20 warm-up
 epochs then cosine to 1e-6, MoCo-v3 augmentation (random resized crop 32, scale (0.2, 1), colour jitter
 0.4/0.4/0.4/0.1 with p 0.8, grayscale p 0.2, horizontal flip), all on device inside the compiled step;
-bf16 compute, cuDNN attention on GPU where available.
+compute dtype "auto" (bf16 on GPU/TPU, float32 on CPU), cuDNN attention on GPU where available.
 Epochs: `num_epochs` (default 200). The paper trains far longer (its appendix; we have not re-checked
 the exact count). One GPU hour is about 230 epochs at the 3,260 images/s a plain JAX + cuDNN
 implementation reached on an H100; our own throughput and accuracy are not measured yet (no GPU was
@@ -24,7 +24,6 @@ def pit_recipe(c, variant: str):
   """The PiT paper's CIFAR recipe, shared by the PiT and ViT/2 configs."""
   c.data.name = "tfds:cifar100"
   c.model.variant = variant
-  c.model.dtype = "bfloat16"
   c.batch_size = 1024
   c.num_epochs = 200
   c.optim.lr = 0.004

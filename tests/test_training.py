@@ -11,6 +11,7 @@ import time
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -191,10 +192,24 @@ def test_every_config_smoke(path, tmp_path):
     ({"model.front_end": "adaptive", "model.adaptive.posemb": "sincos"}, "model.adaptive.posemb='sincos'"),
     ({"model.front_end": "patches"}, "unknown model.front_end='patches'"),
     ({"optim.schedule": "step"}, "unknown optim.schedule='step'"),
+    ({"model.dtype": "float16"}, "unknown model.dtype='float16'"),
+    ({"model.front_end": "adaptive", "model.adaptive.translate_range": "half"},
+     "unknown model.adaptive.translate_range='half'"),
 ])
 def test_clear_errors(override, message):
   with pytest.raises(ValueError, match=message):
     loop.setup(tiny_config(**override))
+
+
+def test_compute_dtype_auto_is_float32_on_cpu_and_printed():
+  """model.dtype="auto" resolves by backend (bf16 on GPU/TPU, float32 here); explicit values stay."""
+  from apvit_jax.models import registry
+  assert registry.compute_dtype("auto") == ("bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
+  assert registry.compute_dtype("bfloat16") == "bfloat16" and registry.compute_dtype("float32") == "float32"
+  run = loop.setup(tiny_config(**{"model.dtype": "auto"}))
+  line = [l for l in loop.summary_lines(run, "w", 0) if l.startswith("model:")][0]
+  assert f"dtype {registry.compute_dtype('auto')} (model.dtype=auto)" in line
+  assert jax.tree.leaves(run.state.params)[0].dtype == jnp.float32  # parameters stay float32
 
 
 def test_shard_map_run_resumes_under_pmap(tmp_path):

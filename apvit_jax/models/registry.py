@@ -1,6 +1,7 @@
 """Builds a model from `config.model` (an ml_collections ConfigDict), validating it before compilation."""
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, AdaptivePatching, adaptive_vit
@@ -12,6 +13,17 @@ from apvit_jax.patch_params import TRANSLATE_RANGES
 MODELS = ("vit", "ips")
 FRONT_ENDS = ("grid", "adaptive")   # grid: ViT / PiT; adaptive: DPS-ViT, APViT
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+COMPUTE_DTYPES = ("auto", *DTYPES)
+
+
+def compute_dtype(name: str) -> str:
+  """model.dtype -> the compute dtype used: "auto" is bfloat16 on GPU/TPU (tensor cores, MXU) and float32
+  on CPU (no bf16 arithmetic on most CPUs: converting costs time, measured ~25 % on this project's CPU);
+  "float32"/"bfloat16" are honoured as given."""
+  _choice(name, COMPUTE_DTYPES, "model.dtype")
+  if name != "auto":
+    return name
+  return "bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32"
 ATTENTION_IMPLS = ("auto", "xla", "cudnn")
 
 
@@ -34,15 +46,15 @@ def build_model(model_cfg, num_classes: int, tasks=None):
   IPS takes (patches, positions, *, train) and returns a dict of logits per task (`tasks`, as from
   training.step.tasks_of)."""
   _choice(model_cfg.name, MODELS, "model.name")
-  _choice(model_cfg.dtype, DTYPES, "model.dtype")
+  dtype = DTYPES[compute_dtype(model_cfg.dtype)]
   _choice(model_cfg.attention_impl, ATTENTION_IMPLS, "model.attention_impl")
   if model_cfg.name == "ips":
-    return build_ips(model_cfg, tasks)
+    return build_ips(model_cfg, tasks, dtype)
   front_end = model_cfg.get("front_end", "grid")
   _choice(front_end, FRONT_ENDS, "model.front_end")
   vit_kwargs = dict(posemb=model_cfg.get("posemb", "learn"), pool=model_cfg.get("pool", "token"),
                     dropout=model_cfg.get("dropout", 0.0), drop_path=model_cfg.get("drop_path", 0.0),
-                    mlp_ratio=model_cfg.get("mlp_ratio", 4), dtype=DTYPES[model_cfg.dtype],
+                    mlp_ratio=model_cfg.get("mlp_ratio", 4), dtype=dtype,
                     attention_impl=model_cfg.attention_impl, remat=model_cfg.get("remat", False),
                     scan=model_cfg.get("scan_layers", False), **architecture(model_cfg))
   if front_end == "grid":
@@ -50,13 +62,13 @@ def build_model(model_cfg, num_classes: int, tasks=None):
   return adaptive_vit(num_classes, vit_kwargs, model_cfg.adaptive.to_dict())
 
 
-def build_ips(model_cfg, tasks):
+def build_ips(model_cfg, tasks, dtype):
   from apvit_jax.models.ips import IPSNet
   c = model_cfg.ips
   return IPSNet(tasks=tuple((name, classes) for name, classes, _ in tasks), encoder=c.encoder,
                 num_stages=c.num_stages, dim=c.dim, num_heads=c.num_heads, head_dim=c.head_dim,
                 mlp_dim=c.mlp_dim, num_tokens=c.num_tokens, use_pos=c.use_pos, attn_dropout=c.attn_dropout,
-                dropout=c.dropout, dtype=DTYPES[model_cfg.dtype])
+                dropout=c.dropout, dtype=dtype)
 
 
 def check_ips(model_cfg, image_shape) -> int:

@@ -19,7 +19,7 @@ import tqdm
 
 from apvit_jax.data import batches, sources
 from apvit_jax.models import pretrained
-from apvit_jax.models.registry import build_model, check_image_fits
+from apvit_jax.models.registry import build_model, check_image_fits, compute_dtype
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import parallel, state as state_lib, step as step_lib
 from apvit_jax.training.metrics import MetricWriter
@@ -202,7 +202,8 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"parallel={par.mode}",
       f"batch: global {run.config.batch_size}, per device {run.per_device_batch}",
       f"model: {model_description(run.config.model)}, "
-      f"{state_lib.count_params(run.state.params):,} parameters, dtype {run.config.model.dtype}",
+      f"{state_lib.count_params(run.state.params):,} parameters, "
+      f"dtype {compute_dtype(run.config.model.dtype)} (model.dtype={run.config.model.dtype})",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
       f"{ds.num_classes} classes",
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
