@@ -9,6 +9,17 @@ Localisation network (published): 3×3 conv to 32 channels -> channel self-atten
 -> 2×2 max-pool -> 3×3 conv to 16 channels -> channel self-attention -> linear head per patch. Attention
 runs within each image (the published code attends across the batch). The published blocks add the
 residual to the normalised stream; both models here use standard pre-LN blocks, so the comparison is fair.
+Translation range: the default, model.adaptive.translate_range="inside", is the DPS-ViT document's bound
+t = tanh(raw)·(1 − P/W), which keeps every patch inside the image. The published code at the commit behind
+the 77.84 % used t = tanh(raw) unscaled (patches may overhang by half a patch, reading zeros, and the
+positional code takes that t): --config.model.adaptive.translate_range=full reproduces it exactly (tested
+against a NumPy reference in tests/test_adaptive.py). The document's bound is the default because it is
+the stated method; whether the bound matters is one of the runs of the reproduction issue (not run yet).
+Deliberate differences from the published model, with their parameter effect here (width 288, 6 blocks,
+16 patches): an extra LayerNorm per block from standard pre-LN blocks (2·288 per LayerNorm, 3,456 in all);
+a learned position embedding for the cls token (288); a per-patch bias on the localisation head (16·2 = 32);
+dropout placed as in the standard ViT (no parameters). These were listed by the reproduction issue; I have
+not re-read the published code at this stop.
 Data and recipe: exactly those of configs/std_vit_cifar10.py (the two files share `published_recipe`).
 Published (clean CIFAR-10, best epoch): 77.84 %; the published PyTorch code on the JPEG-75 copy: 76.14 %
 best / 75.25 % final, at 9,284 images/s on an H100 (batch 256, AMP). Ours: not measured yet (no GPU was
