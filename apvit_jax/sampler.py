@@ -99,15 +99,6 @@ def _unnormalise(coord: jax.Array, n: int, align_corners: bool) -> jax.Array:
   return ((coord + 1.0) * n - 1.0) / 2.0
 
 
-def _check_grid_sample_args(images, grid, padding_mode):
-  if images.ndim != 4:
-    raise ValueError(f"grid_sample: images must be (B, H, W, C), got shape {images.shape}")
-  if grid.shape[-1] != 2 or grid.shape[0] != images.shape[0]:
-    raise ValueError(f"grid_sample: grid must be (B, ..., 2) with B={images.shape[0]}, got {grid.shape}")
-  if padding_mode not in PADDING_MODES:
-    raise ValueError(f"grid_sample: padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
-
-
 def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
                 align_corners: bool = False) -> jax.Array:
   """Bilinear sampling, as `torch.nn.functional.grid_sample(mode="bilinear")` in NHWC.
@@ -199,9 +190,8 @@ def _backward_from_corners(padding_mode, align_corners, residuals, cotangent):
   acc = _blend_dtype(images, wx)
   ct = cotangent.reshape(-1, c).astype(acc)
   wx_, wy_ = wx[:, None], wy[:, None]
-  weights = ((1 - wy_) * (1 - wx_), (1 - wy_) * wx_, wy_ * (1 - wx_), wy_ * wx_)
   image_grad = jnp.zeros((b * (h + 2) * (w + 2), c), acc)
-  for offset, weight in zip(_corner_offsets(w), weights):  # four in-place scatter-adds, no concatenation
+  for offset, weight in zip(_corner_offsets(w), _corner_weights(wx_, wy_)):  # four in-place scatter-adds, no concatenation
     image_grad = image_grad.at[top_left + offset].add(ct * weight, mode="promise_in_bounds")
   image_grad = image_grad.reshape(b, h + 2, w + 2, c)[:, 1:-1, 1:-1].astype(images.dtype)
   tl, tr, bl, br = (v.astype(acc) for v in _gather_corners(_pad_flat(images), top_left, w))
@@ -252,11 +242,16 @@ def _gather_corners(padded_flat, top_left, w):
   return tuple(padded_flat.at[top_left + o].get(mode="promise_in_bounds") for o in _corner_offsets(w))
 
 
+def _corner_weights(wx, wy):
+  """Right/lower weights (S, 1) -> the bilinear weights of the TL, TR, BL, BR corners, each (S, 1)."""
+  return (1 - wy) * (1 - wx), (1 - wy) * wx, wy * (1 - wx), wy * wx
+
+
 def _blend(values, wx, wy, dtype):
   """Bilinear blend of the four (S, C) corners with right/lower weights wx, wy (S,), in `dtype`."""
-  tl, tr, bl, br = (v.astype(dtype) for v in values)
   wx, wy = wx[:, None].astype(dtype), wy[:, None].astype(dtype)
-  return tl * ((1 - wy) * (1 - wx)) + tr * ((1 - wy) * wx) + bl * (wy * (1 - wx)) + br * (wy * wx)
+  tl, tr, bl, br = (v.astype(dtype) * weight for v, weight in zip(values, _corner_weights(wx, wy)))
+  return tl + tr + bl + br
 
 
 def _sum_channels(x):
