@@ -13,7 +13,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from apvit_jax.training.loop import evaluate_checkpoint
+from apvit_jax.training.evaluate import evaluate_checkpoint
 
 config_flags.DEFINE_config_file("config", None, "The config file the run was trained with "
                                 "(configs/NAME.py[:ARG]), with the same overrides.", lock_config=True)

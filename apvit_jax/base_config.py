@@ -144,13 +144,28 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 
 def set_fields(c: ml_collections.ConfigDict, values: dict) -> ml_collections.ConfigDict:
-  """Sets dotted fields ({"model.ips.memory": 8, ...}) in place. An unknown parent raises KeyError; an
-  unknown leaf raises on a locked config (as train.py's are) and is added to an unlocked one
-  (ConfigDict.update_from_flattened_dict would skip an unknown key silently)."""
+  """Sets dotted fields ({"model.ips.memory": 8, ...}) in place. A field that does not exist is an error
+  naming it, as on the command line (ConfigDict.update_from_flattened_dict would skip it silently, and
+  an unlocked ConfigDict would add it), so a typo in a benchmark's --set or a test's override fails."""
   for key, value in values.items():
     node = c
     *parents, leaf = key.split(".")
-    for name in parents:
-      node = node[name]
+    for depth, name in enumerate([*parents, leaf]):
+      if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+        known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+        raise KeyError(f"unknown config field {key!r}: {'.'.join([*parents, leaf][:depth + 1])!r} does not "
+                       f"exist (fields there: {known})")
+      if depth < len(parents):
+        node = node[name]
     node[leaf] = value
+  return c
+
+
+def apply_arg(c: ml_collections.ConfigDict, arg: str | None, smoke_fn=None) -> ml_collections.ConfigDict:
+  """The one parse of a config file's argument (configs/NAME.py[:ARG]): none -> c as is; "smoke" ->
+  smoke_fn(c) (default `smoke`); anything else is an error naming the choices."""
+  if arg == "smoke":
+    return (smoke_fn or smoke)(c)
+  if arg:
+    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
   return c

@@ -10,7 +10,6 @@ import pathlib
 import jax
 import numpy as np
 
-from apvit_jax.data.augment import normalise
 from apvit_jax.models import ips
 from apvit_jax.visualize import mosaic, save_figure
 
@@ -66,25 +65,27 @@ def _describe(labels: dict, logits: dict, i: int) -> str:
   return "label→predicted: " + ", ".join(parts)
 
 
-def render_ips_figures(model, variables, images: np.ndarray, labels: dict, config, out_dir,
-                       prefix: str = "ips", key=None) -> list[pathlib.Path]:
-  """One figure per image. images (K, H, W, C) uint8; labels {task: (K,) or (K, classes)}.
-
-  Selection as in evaluation (inference mode), with the patches on the host (lazy), so images of any
-  size fit; then the selected patches' scores and logits from the final forward pass."""
-  c, aug = config.model.ips, config.augment
-  key = jax.random.key(0) if key is None else key
-  host_patches = ips.extract_patches(np.asarray(images), c.patch_size, c.patch_stride)
-  selector = ips.LazySelector(model.apply, memory=c.memory, chunk=c.chunk,
-                              prepare=lambda p: normalise(p, aug.mean, aug.std))
+def figure_selection(model, variables, images: np.ndarray, ips_cfg, prepare, key):
+  """Selection as in evaluation (inference mode, selection key `key`), with the patches on the host
+  (lazy), so images of any size fit. -> (positions (K, M), chosen patches (K, M, P, P, C) uint8,
+  logits {task: (K, ...)}, scores (K, M) from the final forward pass)."""
+  host_patches = ips.extract_patches(np.asarray(images), ips_cfg.patch_size, ips_cfg.patch_stride)
+  selector = ips.LazySelector(model.apply, memory=ips_cfg.memory, chunk=ips_cfg.chunk, prepare=prepare)
   positions = selector(variables, host_patches, key)
   chosen = ips.gather_patches(host_patches, positions)
-  logits, inter = jax.jit(lambda v, p, pos: model.apply(v, normalise(p, aug.mean, aug.std), pos, train=False))(
+  logits, inter = jax.jit(lambda v, p, pos: model.apply(v, prepare(p), pos, train=False))(
       variables, chosen, positions)
-  scores = np.asarray(inter["scores"])
+  return positions, chosen, logits, np.asarray(inter["scores"])
+
+
+def render_ips_figures(model, variables, images: np.ndarray, labels: dict, ips_cfg, prepare, out_dir,
+                       prefix: str, key) -> list[pathlib.Path]:
+  """One figure per image. images (K, H, W, C) uint8; labels {task: (K,) or (K, classes)}; `prepare`
+  maps uint8 patches to model inputs; `key`: the selection key evaluation uses (families/ips.py)."""
+  positions, chosen, logits, scores = figure_selection(model, variables, images, ips_cfg, prepare, key)
   out_dir = pathlib.Path(out_dir)
   return [ips_figure(np.asarray(images[i], np.float32) / 255.0,
-                     selected_boxes(positions[i], images.shape[1:3], c.patch_size, c.patch_stride),
-                     scores[i], chosen[i].astype(np.float32) / 255.0, c.patch_size,
+                     selected_boxes(positions[i], images.shape[1:3], ips_cfg.patch_size, ips_cfg.patch_stride),
+                     scores[i], chosen[i].astype(np.float32) / 255.0, ips_cfg.patch_size,
                      out_dir / f"{prefix}_{i}.png", _describe(labels, logits, i))
           for i in range(len(images))]

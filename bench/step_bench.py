@@ -1,4 +1,4 @@
-"""Full training steps of the project's configs, built exactly as train.py builds them (loop.setup, the
+"""Full training steps of the project's configs, built exactly as train.py builds them (run.setup and run.compile_train_step, the
 same train step with on-device augmentation, the same batch path), on synthetic images of each
 config's shape (throughput does not depend on pixel values; Megapixel MNIST draws its canvases from the
 built-in digits, as it would from MNIST).
@@ -23,8 +23,8 @@ import jax
 
 from apvit_jax.base_config import set_fields
 from apvit_jax.models import registry
-from apvit_jax.training import loop
-from apvit_jax.training import step as step_lib
+from apvit_jax.models.vit import attention_fallbacks
+from apvit_jax.training import feed, run as run_lib
 from bench import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,15 +63,14 @@ def workload_config(name: str, batch_size: int, steps: int, extra: dict):
 
 def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
   config = workload_config(name, batch_size, warmup + repeats, extra)
-  run = loop.setup(config)
+  run = run_lib.setup(config)
+  if run.host_inputs:
+    raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
   par = run.par
   state = par.replicate(run.state)
-  data = loop.device_data(run, run.dataset.train)
-  step_fn = par.compile(step_lib.make_train_step(config, run.schedule), num_args=4, broadcast_last=True)
-  select = loop.host_selection(run)
-  if select:
-    raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
-  make_batch = loop.train_batch_maker(run)
+  data = feed.device_data(par, run.dataset.train)
+  step_fn = run_lib.compile_train_step(run)
+  make_batch = feed.train_batch_maker(run)
   key = jax.random.key(0)
   batch = make_batch(0)
 
@@ -106,16 +105,17 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   flops = flops * par.num_local if flops and par.mode == "pmap" else flops  # pmap: per device
   params = sum(x.size for x in jax.tree.leaves(run.state.params))
   b = config.batch_size
-  scans = config.model.name == "ips" or config.model.get("scan_layers", False)
+  scans = run.family.loops_in_step()
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
           "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
           "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
           "tflop_per_step": flops / 1e12 if flops else None,
-          # XLA's cost analysis counts a loop body once: IPS's selection scan is undercounted, so no MFU.
+          # XLA's cost analysis counts a loop body once (IPS's selection scan, scanned layers), so no MFU.
           "mfu": flops / step_s / (peak * jax.device_count()) if flops and peak and not scans else None,
-          "flops_note": "lower bound: the selection scan's body is counted once" if scans else "XLA cost analysis"}
+          "flops_note": "lower bound: a loop body is counted once" if scans else "XLA cost analysis",
+          "attention": "; ".join(attention_fallbacks()) or "as configured"}
 
 
 def run(*, workloads, batch_size: int, warmup: int, repeats: int, extra: dict) -> list[dict]:

@@ -17,27 +17,10 @@ Data: as configs/vit_cifar10.py.
 Measured: not yet (no GPU was available to this task); the target is > 92 % within 200 epochs.
 Smoke: --config=configs/apvit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
-from configs import vit_cifar10
-
-
-def apvit_front_end(c):
-  c.model.front_end = "adaptive"
-  a = c.model.adaptive
-  a.num_patches = 0  # the ViT grid's count: 64 for 4×4 patches of a 32×32 image
-  a.transform = "scale_rotate"
-  a.max_scale = 0.3
-  a.bound = "reflect"
-  a.identity_init = True
-  a.stn = "dps"
-  a.stn_hidden = 32
-  a.stn_attn_width = 256
-  a.stn_attn_heads = 4
-  a.head_hidden = 128
-  a.posemb = "interpolate"
-  a.posemb_lookup = "cell_centres"
-  c.optim.stn_lr_ratio = 0.1
-  return c
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
-  return apvit_front_end(vit_cifar10.get_config(arg))
+  c = recipes.apvit_front_end(recipes.strong_vit_cifar10(base_config()))
+  return apply_arg(c, arg, recipes.smoke_on_digits)

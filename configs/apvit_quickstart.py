@@ -11,18 +11,9 @@ Measured on 2 CPU cores: 91.50 % test accuracy after 12 epochs in 308 s (412 ima
 83.75 % in 116 s (1,151 images/s) for configs/quickstart.py run the same day on the same machine.
 Smoke: --config=configs/apvit_quickstart.py:smoke (a few steps, seconds).
 """
-from configs import quickstart
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
-  c = quickstart.get_config(arg)
-  c.model.front_end = "adaptive"
-  a = c.model.adaptive
-  a.transform = "scale_rotate"
-  a.max_scale = 0.3
-  a.bound = "reflect"
-  a.identity_init = True
-  a.stn = "cnn"
-  a.head_hidden = 64 if arg != "smoke" else a.head_hidden
-  a.posemb = "interpolate"
-  return c
+  return apply_arg(recipes.small_adaptive_front_end(recipes.quickstart(base_config())), arg)

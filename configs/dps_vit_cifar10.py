@@ -20,39 +20,21 @@ Deliberate differences from the published model, with their parameter effect her
 a learned position embedding for the cls token (288); a per-patch bias on the localisation head (16·2 = 32);
 dropout placed as in the standard ViT (no parameters). These were listed by the reproduction issue; I have
 not re-read the published code at this stop.
-Data and recipe: exactly those of configs/std_vit_cifar10.py (the two files share `published_recipe`).
+Data and recipe: exactly those of configs/std_vit_cifar10.py (the two files share `recipes.dps_paper_cifar10`).
 Published (clean CIFAR-10, best epoch): 77.84 %; the published PyTorch code on the JPEG-75 copy: 76.14 %
 best / 75.25 % final, at 9,284 images/s on an H100 (batch 256, AMP). Ours: not measured yet (no GPU was
 available to this task).
 Smoke: --config=configs/dps_vit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
-from apvit_jax.base_config import base_config
-from configs.std_vit_cifar10 import published_recipe, smoke_offline
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
-def dps_front_end(c):
-  c.model.front_end = "adaptive"
-  a = c.model.adaptive
-  a.num_patches = 16
-  a.transform = "translate"
-  a.bound = "tanh"
-  a.stn = "dps"
-  a.stn_hidden = 32
-  a.stn_attn_width = 256
-  a.stn_attn_heads = 4
-  a.stn_dropout = 0.1
-  a.head_hidden = 0
-  a.identity_init = False
-  a.posemb = "translation"
-  a.pos_dim = 32
+def smoke(c):
+  recipes.smoke_on_digits(c)
+  c.model.adaptive.num_patches = 0  # the 5×5 grid's count on the 40×40 digits
   return c
 
 
 def get_config(arg: str | None = None):
-  c = dps_front_end(published_recipe(base_config()))
-  if arg == "smoke":
-    smoke_offline(c)
-    c.model.adaptive.num_patches = 0  # the 5×5 grid's count on the 40×40 digits
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
-  return c
+  return apply_arg(recipes.dps_front_end(recipes.dps_paper_cifar10(base_config())), arg, smoke)

@@ -14,7 +14,8 @@ step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=steps --
 --config.model.ips.loading=lazy keeps the patches on the host; eager_sequential selects image by image.
 Smoke: --config=configs/ips_megapixel_mnist.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
-from apvit_jax.base_config import base_config
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
@@ -42,26 +43,4 @@ def get_config(arg: str | None = None):
   c.optim.end_lr_ratio = 1e-3
   c.optim.grad_clip = 0.0
   c.log_every_steps = 50
-  if arg == "smoke":
-    ips_smoke(c, canvas=200, patch=25)
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
-  return c
-
-
-def ips_smoke(c, canvas: int, patch: int):
-  """A few steps offline: builtin 28x28 digits, a small canvas, a small encoder."""
-  c.data.digits = "builtin"
-  c.data.canvas = canvas
-  c.data.num_train, c.data.num_test = 32, 16
-  i = c.model.ips
-  i.num_stages = 1
-  i.patch_size = i.patch_stride = patch
-  i.memory, i.chunk = 8, 8
-  i.dim, i.num_heads, i.head_dim, i.mlp_dim = 64, 2, 8, 64
-  c.batch_size = 8
-  c.total_steps = 4
-  c.log_every_steps = 2
-  c.optim.warmup_epochs = 0.0
-  c.log_efficiency = True
-  return c
+  return apply_arg(c, arg, lambda c: recipes.ips_smoke(c, canvas=200, patch=25))

@@ -7,8 +7,8 @@ One task (the digit), ResNet-18 with 4 stages from scratch (512 features, D = 51
 lr 1e-3, 10 epochs. Not yet measured here (no GPU in the session that wrote this).
 Smoke: --config=configs/ips_mnist_toy.py:smoke (builtin digits at 100x100, offline).
 """
-from apvit_jax.base_config import base_config
-from configs.ips_megapixel_mnist import ips_smoke
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
@@ -30,10 +30,12 @@ def get_config(arg: str | None = None):
   c.optim.weight_decay = 0.1
   c.optim.warmup_epochs = 1.0
   c.log_every_steps = 50
-  if arg == "smoke":
-    ips_smoke(c, canvas=0, patch=20)
-    c.data.image_size = 100
-    c.model.ips.memory = c.model.ips.chunk = 5
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
+  return apply_arg(c, arg, smoke)
+
+
+def smoke(c):
+  """Builtin digits at 100x100: 25 patches of 20x20, M = I = 5."""
+  recipes.ips_smoke(c, canvas=0, patch=20)
+  c.data.image_size = 100
+  c.model.ips.memory = c.model.ips.chunk = 5
   return c

@@ -2,13 +2,14 @@
 
   python train.py --config=configs/pit_s_cifar100.py --workdir=workdirs/pit_s_cifar100
 
-Data and recipe: exactly those of configs/pit_t_cifar100.py (shared `pit_recipe`). About 4× the FLOPs
+Data and recipe: exactly those of configs/pit_t_cifar100.py (shared `recipes.pit_paper_cifar100`). About 4× the FLOPs
 of PiT-T per image; consider --config.model.remat=True on GPUs with less memory.
 Measured: not yet (no GPU was available to this task).
 Smoke: --config=configs/pit_s_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
-from configs.pit_t_cifar100 import pit_config
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
-  return pit_config("S/1", arg)
+  return apply_arg(recipes.pit_paper_cifar100(base_config(), "S/1"), arg, recipes.pit_smoke)

@@ -10,16 +10,15 @@ Recipe: the CIFAR recipe of configs/pit_t_cifar100.py (AdamW lr 0.004, betas (0.
 Measured: not yet (no ImageNet and no GPU here).
 Smoke: --config=configs/pit_s_imagenet28.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
-from configs.pit_t_cifar100 import pit_config
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
-  c = pit_config("S/1", arg)
-  if arg == "smoke":
-    return c  # the built-in digits stand in for ImageNet
+  c = recipes.pit_paper_cifar100(base_config(), "S/1")
   c.data.name = "tfds:imagenet2012"
   c.data.in_memory = False
   c.data.image_size = 28
   c.num_epochs = 100
   c.augment.mean, c.augment.std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-  return c
+  return apply_arg(c, arg, recipes.pit_smoke)   # smoke: the built-in digits stand in for ImageNet

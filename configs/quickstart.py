@@ -8,22 +8,9 @@ Measured: 83.75 % test accuracy (chance is 10 %) after 12 epochs (936 steps), id
 repeated runs; about 2 minutes on 2 CPU cores.
 Smoke: --config=configs/quickstart.py:smoke (a few steps, seconds).
 """
-from apvit_jax.base_config import base_config, smoke
+from apvit_jax.base_config import apply_arg, base_config
+from configs import recipes
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.data.name = "cluttered_digits"
-  c.model.variant = "mu/8"
-  c.batch_size = 128
-  c.num_epochs = 12
-  c.optim.lr = 2e-3
-  c.optim.weight_decay = 0.05
-  c.optim.warmup_epochs = 1.0
-  c.augment.crop_padding = 2
-  c.log_every_steps = 20
-  if arg == "smoke":
-    smoke(c)
-  elif arg:
-    raise ValueError(f"unknown config arg {arg!r}; use 'smoke' or nothing")
-  return c
+  return apply_arg(recipes.quickstart(base_config()), arg)

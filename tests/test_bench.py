@@ -70,7 +70,7 @@ def test_peer_vit_has_our_shape():
                                                 dropout=0.1)
   torch = pytest.importorskip("torch", reason="PyTorch not installed: the peer is built only where it is")
   model, _ = torch_peers.vit(torch, **peers_suite.peer_shape(config))
-  ours = step_bench.loop.setup(config).state.params
+  ours = step_bench.run_lib.setup(config).state.params
   count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
   # Ours has one LayerNorm more per block (2·288·6 parameters) and per-patch nothing else: same size
   # within that difference.

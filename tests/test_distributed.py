@@ -12,7 +12,7 @@ import chex
 import jax
 
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import loop
+from apvit_jax.training import run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -80,7 +80,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0][0]
   expected = train_losses(ref_dir)
   assert sorted(expected) == list(range(1, STEPS + 1))
-  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(_config("shard_map")).state))
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
   reference = _split_key_biases(ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(STEPS, target))
   for mode in ("pmap", "shard_map"):
     (out0, _), (out1, _) = outs[tmp_path / mode]

@@ -11,7 +11,7 @@ from apvit_jax.data import megapixel
 from apvit_jax.models import ips
 from apvit_jax.models.resnet import ResNetTrunk
 from apvit_jax.training import step as step_lib
-from apvit_jax.training.ips_inputs import training_inputs
+from apvit_jax.families.ips import IPSFamily
 
 RNG = np.random.default_rng()
 
@@ -169,7 +169,7 @@ def test_no_gradient_flows_through_the_selection():
 
   def loss(params, fixed=None):
     s = state.replace(params=params)
-    (patches, positions), y = training_inputs(c, s, {}, batch, key)
+    (patches, positions), y = IPSFamily(c.model, c.augment).model_inputs(s, {}, batch, key, train=True)
     if fixed is not None:
       positions = fixed
       patches = ips.gather_patches(ips.extract_patches(jnp.asarray(images, jnp.float32) / 255, 8, 8), fixed)
@@ -177,7 +177,7 @@ def test_no_gradient_flows_through_the_selection():
                             train=True, mutable=["batch_stats"])[0]
     return step_lib.task_losses(logits, y, c.tasks).mean()
 
-  (_, positions), _ = training_inputs(c, state, {}, batch, key)
+  (_, positions), _ = IPSFamily(c.model, c.augment).model_inputs(state, {}, batch, key, train=True)
   g_select = jax.grad(loss)(state.params)
   g_fixed = jax.grad(loss)(state.params, positions)
   chex.assert_trees_all_close(g_select, g_fixed, rtol=1e-6, atol=1e-8)
@@ -260,12 +260,12 @@ def test_megapixel_small_canvas_never_gets_stuck():
     ({"model.name": "vit"}, "has 4 tasks"),
 ])
 def test_clear_ips_errors(override, message):
-  from apvit_jax.training import loop
+  from apvit_jax.training import run as run_lib
   from apvit_jax.base_config import set_fields
   from test_training import load_config
   c = set_fields(load_config("ips_megapixel_mnist"), override)
   with pytest.raises(ValueError, match=message):
-    loop.setup(c)
+    run_lib.setup(c)
 
 
 def test_selected_boxes_point_at_the_extracted_patches():
@@ -290,6 +290,8 @@ def test_ips_figures_show_the_selected_patches(tmp_path):
                                                         "chunk": 4}},
                                       "augment": {"mean": (0.5,), "std": (0.25,)}})
   labels = {"majority": np.array([3, 7]), "multi": np.eye(10)[[1, 2]], "max": np.array([9, 9])}
-  paths = visualize_ips.render_ips_figures(model, v, images, labels, config, tmp_path, "ips")
+  prepare = lambda p: (p / 255.0 - 0.5) / 0.25
+  paths = visualize_ips.render_ips_figures(model, v, images, labels, config.model.ips, prepare, tmp_path, "ips",
+                                           jax.random.key(0))
   assert [p.name for p in paths] == ["ips_0.png", "ips_1.png"]
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)

@@ -150,16 +150,16 @@ def test_import_errors(tmp_path):
 
 def test_config_init_from(tmp_path):
   """config.init_from: checked before compilation, then a new run starts from the .npz weights."""
-  from apvit_jax.training import loop
+  from apvit_jax.training import loop, run as run_lib
   from test_training import tiny_config
   overrides = {"model.variant": f"mu/{PATCH}", "model.width": WIDTH, "model.depth": DEPTH,
                "model.num_heads": HEADS}
   with pytest.raises(FileNotFoundError, match="init_from"):
-    loop.setup(tiny_config(init_from=str(tmp_path / "none.npz"), **overrides))
+    run_lib.setup(tiny_config(init_from=str(tmp_path / "none.npz"), **overrides))
   flat = npz_weights(np.random.default_rng(4), grid=10, channels=1)  # 40×40 grey digits, 10×10 patches
   np.savez(tmp_path / "vit.npz", **flat)
-  run = loop.setup(tiny_config(init_from=str(tmp_path / "vit.npz"), **overrides))
-  state = loop.pretrained_state(run, run.config.init_from)
+  run = run_lib.setup(tiny_config(init_from=str(tmp_path / "vit.npz"), **overrides))
+  state = run_lib.pretrained_state(run, run.config.init_from)
   np.testing.assert_array_equal(state.params["patch_embed"]["posemb"]["pos_embedding"],
                                 flat["Transformer/posembed_input/pos_embedding"][:, 1:])
   np.testing.assert_array_equal(state.params["head"]["kernel"], flat["head/kernel"])
@@ -168,21 +168,21 @@ def test_config_init_from(tmp_path):
 def test_init_from_our_own_workdir_at_another_resolution(tmp_path):
   """A run trained on 40×40 digits (5×5 grid of 8×8 patches) starts another at 24×24 (3×3 grid) with the
   position grid resized on restore, and an APViT starts from the same workdir (front-end kept fresh)."""
-  from apvit_jax.training import loop
+  from apvit_jax.training import loop, run as run_lib
   from test_training import tiny_config
   loop.train_and_evaluate(tiny_config(total_steps=2), tmp_path / "vit40")
-  saved = loop.ckpt_lib.Checkpointer(tmp_path / "vit40", read_only=True).restore_saved(2)["params"]
-  run = loop.setup(tiny_config(**{"data.canvas": 24, "init_from": str(tmp_path / "vit40")}))
-  state = loop.pretrained_state(run, run.config.init_from)
+  saved = run_lib.ckpt_lib.Checkpointer(tmp_path / "vit40", read_only=True).restore_saved(2)["params"]
+  run = run_lib.setup(tiny_config(**{"data.canvas": 24, "init_from": str(tmp_path / "vit40")}))
+  state = run_lib.pretrained_state(run, run.config.init_from)
   np.testing.assert_allclose(state.params["patch_embed"]["posemb"]["pos_embedding"],
                              pretrained.resize_posemb(saved["patch_embed"]["posemb"]["pos_embedding"], (5, 5), (3, 3)))
   np.testing.assert_array_equal(state.params["encoder"]["block0"]["attn"]["query"]["kernel"],
                                 saved["encoder"]["block0"]["attn"]["query"]["kernel"])
-  ap = loop.setup(tiny_config(**{"init_from": str(tmp_path / "vit40"), "model.front_end": "adaptive",
+  ap = run_lib.setup(tiny_config(**{"init_from": str(tmp_path / "vit40"), "model.front_end": "adaptive",
                                  "model.adaptive.stn": "cnn", "model.adaptive.stn_hidden": 4}))
-  ap_state = loop.pretrained_state(ap, ap.config.init_from)
+  ap_state = run_lib.pretrained_state(ap, ap.config.init_from)
   np.testing.assert_array_equal(ap_state.params["patch_embed"]["embedding"]["kernel"],
                                 saved["patch_embed"]["embedding"]["kernel"])
   assert "stn" in ap_state.params["patch_embed"]
   with pytest.raises(ValueError, match=r"encoder/block0/attn/query/kernel: checkpoint \(64, 4, 16\) vs model \(64, 2, 32\)"):
-    loop.pretrained_state(loop.setup(tiny_config(**{"model.num_heads": 2})), str(tmp_path / "vit40"))
+    run_lib.pretrained_state(run_lib.setup(tiny_config(**{"model.num_heads": 2})), str(tmp_path / "vit40"))

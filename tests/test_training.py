@@ -18,10 +18,10 @@ import pytest
 from apvit_jax.base_config import set_fields
 from apvit_jax.data import batches
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import loop, step as step_lib
+from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name != "__init__.py")
+CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name not in ("__init__.py", "recipes.py"))
 
 
 def load_config(name, arg="smoke"):
@@ -41,17 +41,16 @@ def tiny_config(**overrides):
 
 def run_steps(config, devices, num_steps=2):
   """num_steps train steps from the same initial state; -> (losses, host params)."""
-  run = loop.setup(config, devices=devices)
+  run = run_lib.setup(config, devices=devices)
   par = run.par
   state = par.replicate(run.state)
-  data = loop.device_data(run, run.dataset.train)
-  train_step = par.compile(step_lib.make_train_step(config, run.schedule), num_args=4,
-                           broadcast_last=True)
+  data = feed.device_data(par, run.dataset.train)
+  train_step = run_lib.compile_train_step(run)
   key = jax.random.fold_in(jax.random.key(config.seed), 1)
   losses = []
   for s in range(num_steps):
     idx = batches.train_indices(config.seed, s, len(run.dataset.train), config.batch_size)
-    batch = par.shard(loop.host_batch(run.dataset.train, idx, np.arange(config.batch_size)))
+    batch = par.shard(feed.host_batch(run.dataset.train, idx, np.arange(config.batch_size)))
     state, metrics = train_step(state, data, batch, key)
     losses.append(par.metrics(metrics)["loss"])
   return np.array(losses), par.unreplicate(state.params)
@@ -108,7 +107,7 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   assert 6 <= start < 60
   # Final parameters and optimizer state equal the uninterrupted run's.
   config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
-  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
   final = [ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work)]
   chex.assert_trees_all_close(final[0], final[1], rtol=1e-6, atol=1e-7)
   # SIGTERM (preemption): the run checkpoints the step it reached, exits cleanly, and resumes exactly.
@@ -128,7 +127,7 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   chex.assert_trees_all_close(
       final[0], ckpt_lib.Checkpointer(termed, read_only=True).restore(60, target), rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
-  result = loop.evaluate_checkpoint(config, work)
+  result = eval_lib.evaluate_checkpoint(config, work)
   logged = [r for r in logged_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
@@ -198,7 +197,7 @@ def test_every_config_smoke(path, tmp_path):
 ])
 def test_clear_errors(override, message):
   with pytest.raises(ValueError, match=message):
-    loop.setup(tiny_config(**override))
+    run_lib.setup(tiny_config(**override))
 
 
 def test_compute_dtype_auto_is_float32_on_cpu_and_printed():
@@ -206,8 +205,8 @@ def test_compute_dtype_auto_is_float32_on_cpu_and_printed():
   from apvit_jax.models import registry
   assert registry.compute_dtype("auto") == ("bfloat16" if jax.default_backend() in ("gpu", "tpu") else "float32")
   assert registry.compute_dtype("bfloat16") == "bfloat16" and registry.compute_dtype("float32") == "float32"
-  run = loop.setup(tiny_config(**{"model.dtype": "auto"}))
-  line = [l for l in loop.summary_lines(run, "w", 0) if l.startswith("model:")][0]
+  run = run_lib.setup(tiny_config(**{"model.dtype": "auto"}))
+  line = [l for l in run_lib.summary_lines(run, "w", 0) if l.startswith("model:")][0]
   assert f"dtype {registry.compute_dtype('auto')} (model.dtype=auto)" in line
   assert jax.tree.leaves(run.state.params)[0].dtype == jnp.float32  # parameters stay float32
 
@@ -224,7 +223,7 @@ def test_shard_map_run_resumes_under_pmap(tmp_path):
   starts = [json.loads(line)["start_step"] for line in (tmp_path / "mixed" / "runs.jsonl").open()]
   assert starts == [0, 4]
   config = tiny_config(total_steps=8)
-  target = jax.device_get(ckpt_lib.state_to_save(loop.setup(config).state))
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
   a, b = (ckpt_lib.Checkpointer(tmp_path / d, read_only=True).restore(8, target) for d in ("ref", "mixed"))
   assert int(b["step"]) == 8
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)

@@ -96,9 +96,7 @@ def preprocess(images: jax.Array, keys: jax.Array | None, aug_cfg, *, train: boo
   """Augmentation (train only) then normalisation, as configured by config.augment."""
   if train:
     images = augment(images, keys, crop_padding=aug_cfg.crop_padding, flip=aug_cfg.flip,
-                     rotate_degrees=aug_cfg.rotate_degrees, crop_scale=tuple(aug_cfg.get("crop_scale", (0, 0))),
-                     crop_ratio=tuple(aug_cfg.get("crop_ratio", (3 / 4, 4 / 3))),
-                     color_jitter=tuple(aug_cfg.get("color_jitter", (0, 0, 0, 0))),
-                     color_jitter_prob=aug_cfg.get("color_jitter_prob", 0.0),
-                     grayscale_prob=aug_cfg.get("grayscale_prob", 0.0))
+                     rotate_degrees=aug_cfg.rotate_degrees, crop_scale=tuple(aug_cfg.crop_scale),
+                     crop_ratio=tuple(aug_cfg.crop_ratio), color_jitter=tuple(aug_cfg.color_jitter),
+                     color_jitter_prob=aug_cfg.color_jitter_prob, grayscale_prob=aug_cfg.grayscale_prob)
   return normalise(images, aug_cfg.mean, aug_cfg.std)

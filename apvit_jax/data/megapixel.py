@@ -1,4 +1,6 @@
-"""Megapixel MNIST (the attention-sampling protocol of Katharopoulos & Fleuret 2019, used by IPS).
+"""Large images drawn on demand from 28x28 digits, for IPS: Megapixel MNIST and MNIST upscaled.
+
+Megapixel MNIST (the attention-sampling protocol of Katharopoulos & Fleuret 2019, used by IPS).
 
 Each example is a black canvas (1500x1500 by default) with 50 noise patches drawn first (28x28 line
 scribbles, from 50 patterns per dataset), then 5 non-overlapping 28x28 MNIST digits: 3 of a random target
@@ -11,8 +13,11 @@ dataset of 5,000 canvases (11 GB as uint8) is never materialised. Deterministic 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
+
+from apvit_jax.data.splits import Dataset
 
 TASKS = {"majority": (10, "softmax"), "max": (10, "softmax"), "top": (10, "softmax"), "multi": (10, "sigmoid")}
 DIGIT = 28
@@ -43,6 +48,7 @@ class MegapixelSplit:
   noise_xy: np.ndarray        # (n, K, 2)
   classes: np.ndarray         # (n, 5) class of each placed digit
   canvas: int
+  resident: ClassVar[bool] = False
 
   def __len__(self):
     return len(self.digit_ids)
@@ -111,19 +117,43 @@ def make_split(images: np.ndarray, labels: np.ndarray, n: int, seed: int, canvas
   return MegapixelSplit(images, noise, digit_ids, digit_xy, noise_ids, noise_xy, classes, canvas)
 
 
-def load(data_cfg, digits):
-  """config.data + a 28x28 digit Dataset -> Dataset for "megapixel_mnist" or "mnist_resized"."""
-  from apvit_jax.data import sources
-  if data_cfg.name == "mnist_resized":
-    size = data_cfg.get("image_size") or 0
-    if size < DIGIT:
-      raise ValueError(f"mnist_resized needs --config.data.image_size >= {DIGIT}, got {size}")
-    split = lambda s: sources.ResizedSplit(s.images, s.labels, size)
-    return sources.Dataset(split(digits.train), split(digits.test), 10, f"mnist_resized{size}")
-  seed, canvas = data_cfg.get("seed", 0), data_cfg.get("canvas", 1500)
+@dataclasses.dataclass
+class ResizedSplit:
+  """In-memory small images, upscaled (bilinear, PIL) to size x size when read: a streamed split."""
+  images: np.ndarray
+  labels: np.ndarray
+  size: int
+  resident: ClassVar[bool] = False
+
+  def __len__(self):
+    return len(self.labels)
+
+  @property
+  def image_shape(self) -> tuple[int, int, int]:
+    return (self.size, self.size, self.images.shape[-1])
+
+  def get(self, indices):
+    from PIL import Image
+    resize = lambda im: np.asarray(Image.fromarray(im[..., 0]).resize((self.size, self.size), Image.BILINEAR))
+    indices = np.asarray(indices)
+    return np.stack([resize(self.images[i]) for i in indices])[..., None], self.labels[indices]
+
+
+def load_resized(data_cfg, digits: Dataset) -> Dataset:
+  """"mnist_resized": the digits upscaled to data.image_size."""
+  size = data_cfg.image_size
+  if size < DIGIT:
+    raise ValueError(f"mnist_resized needs --config.data.image_size >= {DIGIT}, got {size}")
+  split = lambda s: ResizedSplit(s.images, s.labels, size)
+  return Dataset(split(digits.train), split(digits.test), 10, f"mnist_resized{size}")
+
+
+def load(data_cfg, digits: Dataset) -> Dataset:
+  """"megapixel_mnist": data.canvas² canvases over the digits, data.num_train / num_test of them."""
+  seed, canvas = data_cfg.seed, data_cfg.canvas
   noise = noise_patterns(np.random.default_rng([seed, 0]))  # one set of patterns for the dataset
   train = make_split(digits.train.images, digits.train.labels, data_cfg.num_train, seed * 2 + 1, canvas,
                      noise=noise)
   test = make_split(digits.test.images, digits.test.labels, data_cfg.num_test, seed * 2 + 2, canvas,
                     noise=noise)
-  return sources.Dataset(train, test, 10, f"megapixel_mnist{canvas}", tasks=dict(TASKS))
+  return Dataset(train, test, 10, f"megapixel_mnist{canvas}", tasks=dict(TASKS))

@@ -6,6 +6,7 @@ Adaptive front-ends (DPS-ViT, APViT) plug into the same `ViT` through `front_end
 from __future__ import annotations
 
 import functools
+import logging
 import re
 from typing import Any, Callable
 
@@ -37,20 +38,32 @@ def decode_variant(variant: str) -> dict[str, int]:
   return dict(width=width, depth=depth, num_heads=heads, patch_size=int(m.group(2)))
 
 
+_FALLBACKS: dict[str, str] = {}   # shape and dtype -> why cuDNN was not used, for this process
+
+
+def attention_fallbacks() -> list[str]:
+  """Where "auto" attention fell back from cuDNN to XLA in this process: ["(B, T, H, D) dtype: reason"]."""
+  return [f"{where}: {why}" for where, why in _FALLBACKS.items()]
+
+
 def dot_product_attention(q, k, v, implementation: str | None):
   """`jax.nn.dot_product_attention` on (B, T, heads, head_dim).
 
   implementation "auto": cuDNN's fused kernel on GPU in half precision where it takes the shapes
   (its checks run at trace time and raise NotImplementedError, e.g. for odd sequence lengths such as
-  64 patches + cls in some cuDNN versions), else XLA. "cudnn" or "xla" force one; "cudnn" then fails
-  loudly on shapes it does not take.
+  64 patches + cls in some cuDNN versions), else XLA; a fallback is logged once per shape and listed by
+  `attention_fallbacks()`. "cudnn" or "xla" force one; "cudnn" then fails loudly on shapes it does not take.
   """
   if implementation == "auto":
     if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
       try:
         return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
-      except NotImplementedError:
-        pass
+      except NotImplementedError as e:
+        where = f"{tuple(q.shape)} {q.dtype}"
+        if where not in _FALLBACKS:
+          _FALLBACKS[where] = str(e).splitlines()[0] if str(e) else type(e).__name__
+          logging.getLogger(__name__).warning("attention %s: cuDNN does not take it (%s); using XLA's",
+                                              where, _FALLBACKS[where])
     implementation = "xla"
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
 

@@ -94,3 +94,10 @@ class Checkpointer:
 
   def close(self) -> None:
     self.manager.close()
+
+
+def has_checkpoints(workdir) -> bool:
+  """Whether WORKDIR/checkpoints holds a finished step (orbax names them by number; unfinished saves
+  carry a temporary suffix). Reads nothing else and creates nothing."""
+  directory = pathlib.Path(workdir).expanduser() / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

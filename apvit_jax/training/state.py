@@ -25,7 +25,7 @@ def learning_rate_schedule(optim_cfg, total_steps: int, steps_per_epoch: int) ->
   if warmup >= total_steps:
     raise ValueError(f"optim.warmup_epochs={optim_cfg.warmup_epochs} ({warmup} steps) must be shorter "
                      f"than the run ({total_steps} steps)")
-  kind = optim_cfg.get("schedule", "cosine")
+  kind = optim_cfg.schedule
   lr, end = optim_cfg.lr, optim_cfg.end_lr_ratio
   if kind == "cosine":
     return optax.warmup_cosine_decay_schedule(init_value=0.0, peak_value=lr, warmup_steps=warmup,
@@ -81,7 +81,7 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
   """AdamW (decoupled decay on kernels) or SGD with momentum b1 and the same decay, optional clipping
   (over all parameters); the localisation network's learning rate is scaled by optim.stn_lr_ratio."""
   tx = _base_optimizer(optim_cfg, schedule)
-  ratio = optim_cfg.get("stn_lr_ratio", 1.0)
+  ratio = optim_cfg.stn_lr_ratio
   if ratio != 1.0:
     stn_tx = _base_optimizer(optim_cfg, lambda step: schedule(step) * ratio)
     tx = optax.multi_transform({"stn": stn_tx, "rest": tx}, localisation_labels)

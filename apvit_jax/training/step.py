@@ -1,4 +1,5 @@
-"""Train and eval steps, written once as per-device code. Collectives use the named axis "batch";
+"""Train and eval steps, written once as per-device code for any model family (the family's
+`model_inputs` turns a batch into model inputs). Collectives use the named axis "batch";
 `parallel.py` runs them under jax.pmap or jit(shard_map) over a Mesh.
 
 A batch is a dict with either "index" (int32 (b,), rows of the device-resident `data`) or "images"
@@ -11,22 +12,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from apvit_jax.data.augment import example_keys, preprocess
-
 AXIS = "batch"
 
 
-def fetch(data, batch):
-  """(images uint8 (b, H, W, C), labels) from the device-resident dataset or the batch itself."""
-  if "index" in batch:
-    return data["images"][batch["index"]], data["labels"][batch["index"]]
-  return batch.get("images"), batch["labels"]
+def inputs_key(train_key, step):
+  """The key of a training step's inputs (augmentation, IPS's patch order): the same on every device
+  and on the host (lazy IPS selection), so the step and the host agree."""
+  return jax.random.fold_in(jax.random.fold_in(train_key, step), 0)
 
 
-def tasks_of(config) -> tuple:
-  """((name, num_classes, "softmax" | "sigmoid"), ...): config.tasks (set by loop.setup from the
-  dataset) or one softmax task over config.num_classes."""
-  return tuple(tuple(t) for t in config.get("tasks") or (("label", config.num_classes, "softmax"),))
+def eval_inputs_key():
+  """The inputs key of every evaluation step (and of figures): fixed, so evaluations are comparable."""
+  return jax.random.key(0)
 
 
 def as_task_dict(x, tasks) -> dict:
@@ -57,17 +54,6 @@ def task_correct(logits: dict, labels: dict, tasks) -> dict:
   return out
 
 
-def model_inputs(config, state, data, batch, key, *, train: bool):
-  """-> (inputs to the model, labels). ViT: (augmented images,). IPS: the selected patches and their
-  positions (selected here on device, or by the host for lazy loading: then the batch carries them)."""
-  if config.model.name == "ips":
-    from apvit_jax.training import ips_inputs  # IPS-only code stays out of the ViT path
-    return ips_inputs.training_inputs(config, state, data, batch, key)
-  images, labels = fetch(data, batch)
-  keys = example_keys(key, batch["position"]) if train else None
-  return (preprocess(images, keys, config.augment, train=train),), labels
-
-
 def _apply(state, params, inputs, *, train, rngs=None):
   variables = {"params": params}
   if state.batch_stats:
@@ -80,22 +66,27 @@ def _apply(state, params, inputs, *, train, rngs=None):
   return logits, state.batch_stats
 
 
-def make_train_step(config, schedule):
-  """-> train_step(state, data, batch, key) -> (state, metrics), per device."""
+def make_train_step(model_inputs, tasks, schedule, *, label_smoothing: float = 0.0,
+                    skip_nonfinite: bool = False):
+  """-> train_step(state, data, batch, key) -> (state, metrics), per device.
+
+  model_inputs(state, data, batch, inputs_key, *, train) -> (inputs, labels): the family's (families/);
+  tasks: ((name, num_classes, "softmax" | "sigmoid"), ...); schedule: step -> learning rate (logged);
+  skip_nonfinite: a step with a non-finite loss or gradient leaves parameters and optimizer state as they
+  were (the step, and so the batch order, still advances)."""
 
   def train_step(state, data, batch, key):
-    step_key = jax.random.fold_in(key, state.step)
-    # Augmentation keys and IPS's patch order (from key 0) are the same on every device; dropout masks
-    # (key 1) differ per device (and so with the device count).
-    inputs, labels = model_inputs(config, state, data, batch, jax.random.fold_in(step_key, 0), train=True)
-    dropout_key = jax.random.fold_in(jax.random.fold_in(step_key, 1), jax.lax.axis_index(AXIS))
-    tasks = tasks_of(config)
+    # Augmentation keys and IPS's patch order are the same on every device; dropout masks differ per
+    # device (and so with the device count).
+    inputs, labels = model_inputs(state, data, batch, inputs_key(key, state.step), train=True)
+    dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, state.step), 1),
+                                     jax.lax.axis_index(AXIS))
     labels = as_task_dict(labels, tasks)
 
     def loss_fn(params):
       logits, batch_stats = _apply(state, params, inputs, train=True, rngs={"dropout": dropout_key})
       logits = as_task_dict(logits, tasks)
-      loss = task_losses(logits, labels, tasks, config.label_smoothing).mean()
+      loss = task_losses(logits, labels, tasks, label_smoothing).mean()
       return loss, (logits, batch_stats)
 
     # Under shard_map, replicated (axis-invariant) parameters get an implicit psum in the backward pass
@@ -113,9 +104,7 @@ def make_train_step(config, schedule):
         "grad_norm": grad_norm,
         "lr": schedule(state.step),
     }
-    if config.get("skip_nonfinite_steps", False):
-      # A non-finite loss or gradient leaves parameters and optimizer state as they were; the step (and
-      # so the batch order) still advances.
+    if skip_nonfinite:
       ok = jnp.isfinite(jax.lax.pmean(loss, AXIS)) & jnp.isfinite(grad_norm)
       kept = state.replace(step=state.step + 1)
       new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, kept)
@@ -125,13 +114,14 @@ def make_train_step(config, schedule):
   return train_step
 
 
-def make_eval_step(config, confusion: bool = False):
+def make_eval_step(model_inputs, tasks, confusion: bool = False):
   """-> eval_step(state, data, batch) -> sums {"loss", "correct", "count"} over the global batch, and
   with `confusion` a (classes, classes) count matrix, rows = true label, columns = prediction."""
+  if confusion and (len(tasks) > 1 or tasks[0][2] != "softmax"):
+    raise ValueError("--confusion needs a single softmax task")
 
   def eval_step(state, data, batch):
-    tasks = tasks_of(config)
-    inputs, labels = model_inputs(config, state, data, batch, jax.random.key(0), train=False)
+    inputs, labels = model_inputs(state, data, batch, eval_inputs_key(), train=False)
     logits, _ = _apply(state, state.params, inputs, train=False)
     logits, labels = as_task_dict(logits, tasks), as_task_dict(labels, tasks)
     mask = batch["mask"].astype(jnp.float32)
@@ -139,12 +129,9 @@ def make_eval_step(config, confusion: bool = False):
     sums = {"loss": jnp.sum(loss * mask), "count": jnp.sum(mask),
             **accuracy_metrics(task_correct(logits, labels, tasks), lambda c: jnp.sum(c * mask), "correct")}
     if confusion:
-      if len(tasks) > 1 or tasks[0][2] != "softmax":
-        raise ValueError("--confusion needs a single softmax task")
-      logits, labels = logits[tasks[0][0]], labels[tasks[0][0]]
-      predictions = jnp.argmax(logits, -1)
-      k = config.num_classes
-      sums["confusion"] = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels, k) * mask[:, None],
+      (name, k, _), = tasks
+      predictions = jnp.argmax(logits[name], -1)
+      sums["confusion"] = jnp.einsum("bi,bj->ij", jax.nn.one_hot(labels[name], k) * mask[:, None],
                                      jax.nn.one_hot(predictions, k))
     return jax.lax.psum(sums, AXIS)
 
