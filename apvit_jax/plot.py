@@ -9,15 +9,16 @@ WORKDIR/curves.png for one workdir, ./curves.png for several.
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
+
+from apvit_jax.training.metrics import read_records
 
 
 def read_metrics(workdir) -> list[dict]:
   path = pathlib.Path(workdir) / "metrics.jsonl"
   if not path.is_file():
     raise FileNotFoundError(f"no metrics.jsonl in {workdir}: is it a training workdir?")
-  return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+  return read_records(path)
 
 
 def curves(records: list[dict]) -> dict[str, tuple[list[float], list[float]]]:

@@ -81,7 +81,7 @@ def figure_selection(model, variables, images: np.ndarray, ips_cfg, prepare, key
 def render_ips_figures(model, variables, images: np.ndarray, labels: dict, ips_cfg, prepare, out_dir,
                        prefix: str, key) -> list[pathlib.Path]:
   """One figure per image. images (K, H, W, C) uint8; labels {task: (K,) or (K, classes)}; `prepare`
-  maps uint8 patches to model inputs; `key`: the selection key evaluation uses (families/ips.py)."""
+  maps uint8 patches to model inputs; `key`: the selection key evaluation uses (models/families/ips.py)."""
   positions, chosen, logits, scores = figure_selection(model, variables, images, ips_cfg, prepare, key)
   out_dir = pathlib.Path(out_dir)
   return [ips_figure(np.asarray(images[i], np.float32) / 255.0,

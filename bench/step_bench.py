@@ -38,7 +38,8 @@ WORKLOADS = {
                                     "batch_size": 256, "augment.crop_padding": 16}),
     "pit_t_32": ("pit_t_cifar100", {"data.name": "synthetic:32x32x3:100", "batch_size": 256}),
     "vit_t2_32": ("vit_t2_cifar100", {"data.name": "synthetic:32x32x3:100", "batch_size": 512}),
-    "ips_megapixel_mnist": ("ips_megapixel_mnist", {"data.digits": "builtin", "batch_size": 16}),
+    "ips_megapixel_mnist": ("ips_megapixel_mnist", {"data.digits": "builtin", "batch_size": 16,
+                                                    "model.ips.memory": 100}),   # the GPU issue's M = I = 100
 }
 
 

@@ -10,9 +10,14 @@ weights computes; it can only depart from the grid where that lowers the loss.
 Recipe: exactly that of configs/vit_cifar10.py (AdamW lr 1e-3, wd 0.05, batch 512, 200 epochs, 10
 warm-up epochs then cosine, label smoothing 0.1, crop (pad 4) + flip, drop path 0.1, bf16), so the two
 files form the comparison "can adaptive patching beat a strong ViT?". Chosen for the localisation net:
-the published APViT architecture (conv 32, channel attention 256 wide, a 128-unit hidden layer in the
-head), max scale 0.3 of the half-image, rotation ±180°, and a 10× smaller learning rate
-(optim.stn_lr_ratio=0.1): starting from the grid, patches should move slowly while the encoder learns.
+DPS-ViT's network (model.adaptive.stn="dps": 3×3 conv to 32 channels, channel self-attention 256 wide,
+4 heads) with a 128-unit hidden layer in the head, max scale 0.3 of the half-image, rotation ±180°,
+and a 10× smaller learning rate (optim.stn_lr_ratio=0.1): starting from the grid, patches should move
+slowly while the encoder learns. This is NOT the published APViT network, which uses 24 conv channels,
+a LayerNorm over H·W before each attention and 192-wide attention, and whose training script trains
+translation only with 16 patches of 8×8; that network is not implemented here. The closest setting
+of the published training run: --config.model.adaptive.transform=translate
+--config.model.adaptive.num_patches=16 --config.model.patch_size=8 (with the localisation net above).
 Data: as configs/vit_cifar10.py.
 Measured: not yet (no GPU was available to this task); the target is > 92 % within 200 epochs.
 Smoke: --config=configs/apvit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).

@@ -5,12 +5,14 @@
 
 Data: 1500x1500 canvases drawn on demand from MNIST (apvit_jax/data/megapixel.py), 5,000 train / 1,000
 test, tasks majority / max / top / multi. Model: ResNet-18 trunk with 2 stages from scratch (D = 128),
-patches 50x50 with stride 50 (N = 900), memory M = 100, chunk I = 100, cross-attention with 8 heads of
-d_k = 16, MLP 512, one query token per task, sinusoidal positions. AdamW lr 1e-3, weight decay 0.1,
-batch 16, 10 warm-up epochs then cosine to 0.001·lr, 150 epochs (46,875 steps).
+patches 50x50 with stride 50 (N = 900), memory M = 5 and iteration size I = 100 (the authors' released
+Megapixel MNIST config; this file used M = 100 before, still one flag away: --config.model.ips.memory=100),
+cross-attention with 8 heads of d_k = 16, MLP 512, one query token per task, sinusoidal positions. AdamW
+lr 1e-3, weight decay 0.1, batch 16, 10 warm-up epochs then cosine to 0.001·lr, 150 epochs (46,875 steps).
+Initialisation as the authors' code: query tokens uniform on ±sqrt(1/d_k), BatchNorm scales at one.
 Published: the IPS paper's reproduction reaches 99.1 % on the majority task at 150 epochs. Accuracy not
-yet measured here (no GPU has been lent to this project's IPS work). Measured speed: 20.7 and 23.2 s per
-step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=steps --workloads=ips_megapixel_mnist --batch_size=8`).
+yet measured here (no GPU has been lent to this project's IPS work). Measured speed (at M = 100): 20.7 and 23.2 s
+per step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=steps --workloads=ips_megapixel_mnist --batch_size=8`).
 --config.model.ips.loading=lazy keeps the patches on the host; eager_sequential selects image by image.
 Smoke: --config=configs/ips_megapixel_mnist.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
@@ -29,7 +31,7 @@ def get_config(arg: str | None = None):
   i = c.model.ips
   i.encoder, i.num_stages = "resnet18", 2
   i.patch_size = i.patch_stride = 50
-  i.memory, i.chunk = 100, 100
+  i.memory, i.chunk = 5, 100   # the authors' released setting; M = 100: --config.model.ips.memory=100
   i.dim, i.num_heads, i.head_dim, i.mlp_dim = 128, 8, 16, 512
   i.use_pos = True
   i.dropout = i.attn_dropout = 0.1

@@ -11,7 +11,7 @@ from apvit_jax.data import megapixel
 from apvit_jax.models import ips
 from apvit_jax.models.resnet import ResNetTrunk
 from apvit_jax.training import step as step_lib
-from apvit_jax.families.ips import IPSFamily
+from apvit_jax.models.families.ips import IPSFamily
 
 RNG = np.random.default_rng()
 
@@ -295,3 +295,75 @@ def test_ips_figures_show_the_selected_patches(tmp_path):
                                            jax.random.key(0))
   assert [p.name for p in paths] == ["ips_0.png", "ips_1.png"]
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
+
+
+def test_ips_figures_show_the_selection_evaluation_makes(tmp_path, monkeypatch):
+  """eval.py --visualize draws the patches evaluation selects: the same selection key. Blank patches tie
+  in score (no position code here), so a different key would pick different ones among them."""
+  from apvit_jax import visualize_ips
+  from apvit_jax.training import step as step_lib
+  from apvit_jax.training.state import TrainState
+  import optax
+  c = _ips_config()
+  c.model.ips.use_pos = False
+  family = IPSFamily(c.model, c.augment)
+  model = family.build(10, c.tasks)
+  images = np.zeros((3, 32, 24, 1), np.uint8)                       # 4 x 3 patches of 8, mostly blank
+  images[:, :8, :8] = RNG.integers(0, 256, (3, 8, 8, 1))
+  v = _init(model, (jnp.zeros((1, 4, 8, 8, 1)), jnp.zeros((1, 4), jnp.int32)), scale=0.1)
+  state = TrainState.create(apply_fn=model.apply, params=v["params"], tx=optax.sgd(0.1),
+                            batch_stats=v["batch_stats"])
+  batch = {"images": jnp.asarray(images), "labels": {"a": jnp.zeros(3, jnp.int32)}}
+  (_, evaluated), _ = family.model_inputs(state, {}, batch, step_lib.eval_inputs_key(), train=False)
+  drawn = []
+  monkeypatch.setattr(visualize_ips, "ips_figure", lambda image, boxes, *a, **k: drawn.append(boxes))
+  family.figures(model, v, images, {"a": np.zeros(3), "b": np.zeros((3, 10))}, c.tasks, tmp_path, "t",
+                 step_lib.eval_inputs_key())
+  for boxes, positions in zip(drawn, np.asarray(evaluated)):
+    expected = visualize_ips.selected_boxes(positions, (32, 24), 8, 8)
+    assert sorted(map(tuple, boxes)) == sorted(map(tuple, expected))
+  assert len(drawn) == 3
+
+
+def test_lazy_selection_is_built_once_per_run(tmp_path, monkeypatch):
+  """Lazy IPS: one host selector (one compilation) for all training steps and every evaluation."""
+  from apvit_jax.training import loop
+  from apvit_jax.base_config import set_fields
+  from test_training import load_config
+  built = []
+
+  class Counting(ips.LazySelector):
+    def __init__(self, *args, **kwargs):
+      built.append(1)
+      super().__init__(*args, **kwargs)
+  monkeypatch.setattr(ips, "LazySelector", Counting)
+  c = set_fields(load_config("ips_megapixel_mnist"), {"model.ips.loading": "lazy", "total_steps": 8,
+                                                      "progress_bar": False, "log_efficiency": False})
+  summary = loop.train_and_evaluate(c, tmp_path)   # 4 steps per epoch: evaluations at steps 4 and 8
+  assert summary["final_step"] == 8 and len(built) == 1
+
+
+def test_initialisation_follows_the_authors_code():
+  """Query tokens start uniform on ±sqrt(1/d_k); every BatchNorm scale starts at one (torchvision's
+  default, which the authors keep); the feature projector's LayerNorm has PyTorch's eps 1e-5."""
+  from apvit_jax.models.resnet import FeatureProjector
+  model = ips.IPSNet(tasks=tuple((f"task{i}", 3) for i in range(16)), encoder="resnet18", num_stages=2, dim=64,
+                     num_heads=4, head_dim=16, mlp_dim=32)   # one query token per task: 16 x 64 values
+  v = model.init(jax.random.key(int(RNG.integers(1 << 30))), jnp.zeros((1, 4, 16, 16, 1)),
+                 jnp.zeros((1, 4), jnp.int32), train=False)
+  leaves = {jax.tree_util.keystr(k): np.asarray(x) for k, x in jax.tree_util.tree_flatten_with_path(v["params"])[0]}
+  queries = np.concatenate([x.ravel() for k, x in leaves.items() if k.endswith("['queries']")])
+  bound = np.sqrt(1 / 16)
+  assert queries.size == 16 * 64 and np.abs(queries).max() <= bound and np.abs(queries).max() > 0.95 * bound
+  np.testing.assert_allclose(queries.std(), bound / np.sqrt(3), rtol=0.1)   # uniform, not normal(1)
+  scales = [x for k, x in leaves.items() if "bn" in k.lower() and k.endswith("['scale']")]
+  assert len(scales) >= 5 and all((s == 1).all() for s in scales)
+  # LayerNorm eps: rows with a variance of 1e-5, where 1e-5 and 1e-6 give visibly different outputs.
+  x = (RNG.normal(size=(3, 20)) * np.sqrt(1e-5)).astype(np.float32)
+  proj = FeatureProjector(dim=8)
+  pv = proj.init(jax.random.key(0), jnp.asarray(x), train=False)
+  w, b = (np.asarray(pv["params"]["Dense_0"][n], np.float64) for n in ("kernel", "bias"))
+  xn = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+  expected = np.maximum((xn @ w + b) / np.sqrt(1 + 1e-5), 0)   # BatchNorm at its initial statistics
+  np.testing.assert_allclose(np.asarray(proj.apply(pv, jnp.asarray(x), train=False)), expected, rtol=1e-4,
+                             atol=1e-5)

@@ -302,3 +302,57 @@ def test_help_explains_every_flag(script, flags):
     head = f"  --{name}:" if f"  --{name}:" in text else f"  --[no]{name}:"
     entry = text.split(head)[1].split("\n  --")[0]
     assert len(entry.split()) >= 4, (flag, entry)  # a sentence, not a bare name
+
+
+def test_set_fields_refuses_unknown_fields():
+  """A typo in a benchmark's --set or a test's override is an error naming it, locked config or not."""
+  from apvit_jax.base_config import base_config
+  c = base_config()
+  with pytest.raises(KeyError, match="'model.widht'"):
+    set_fields(c, {"model.widht": 3})
+  with pytest.raises(KeyError, match="'modle.width'"):
+    set_fields(c, {"modle.width": 3})
+  with pytest.raises(KeyError, match="'batch_size.x'"):
+    set_fields(c, {"batch_size.x": 3})
+  assert "widht" not in c.model and set_fields(c, {"model.width": 24}).model.width == 24
+
+
+def test_step_ms_excludes_evaluation_and_checkpoints(tmp_path, monkeypatch):
+  """log_efficiency's step_ms after an evaluation measures training steps only."""
+  real = eval_lib.evaluate
+
+  def slow_evaluate(*args, **kwargs):
+    time.sleep(1.5)
+    return real(*args, **kwargs)
+  monkeypatch.setattr(eval_lib, "evaluate", slow_evaluate)
+  loop.train_and_evaluate(tiny_config(total_steps=8, log_every_steps=1, log_efficiency=True), tmp_path)
+  step_ms = {r["step"]: r["step_ms"] for r in logged_metrics(tmp_path) if r["split"] == "train" and "step_ms" in r}
+  assert 5 in step_ms and set(step_ms) >= {2, 3, 4, 5, 6, 7, 8}   # step 5: the first after an evaluation
+  assert max(step_ms.values()) < 1000, step_ms
+
+
+def test_evaluation_and_resume_do_not_need_a_moved_init_from(tmp_path):
+  """config.init_from is read when a run starts; evaluating or resuming it later does not need it."""
+  loop.train_and_evaluate(tiny_config(total_steps=2), tmp_path / "source")
+  config = lambda steps: tiny_config(total_steps=steps, init_from=str(tmp_path / "source"))
+  loop.train_and_evaluate(config(4), tmp_path / "run")
+  (tmp_path / "source").rename(tmp_path / "moved")
+  assert eval_lib.evaluate_checkpoint(config(4), tmp_path / "run")["step"] == 4
+  assert loop.train_and_evaluate(config(8), tmp_path / "run")["final_step"] == 8
+  with pytest.raises(FileNotFoundError, match="init_from"):   # a new run still needs it
+    loop.train_and_evaluate(config(4), tmp_path / "new")
+
+
+def test_metrics_file_cut_mid_line_still_resumes_and_evaluates(tmp_path):
+  """A kill during a metrics write leaves a partial last line: resuming sets it aside (kept in
+  metrics.jsonl.partial) and goes on; every line of metrics.jsonl is a record again."""
+  loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
+  with open(tmp_path / "metrics.jsonl", "a") as f:
+    f.write('{"step": 5, "split": "tra')
+  assert logged_metrics(tmp_path)[-1]["split"] == "summary"   # readable as it is
+  summary = loop.train_and_evaluate(tiny_config(total_steps=8), tmp_path)
+  assert summary["final_step"] == 8
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert all(json.loads(line) for line in lines)
+  assert (tmp_path / "metrics.jsonl.partial").read_text() == '{"step": 5, "split": "tra\n'
+  assert eval_lib.evaluate_checkpoint(tiny_config(total_steps=8), tmp_path)["step"] == 8

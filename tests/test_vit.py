@@ -160,3 +160,26 @@ def test_pit_t_cifar100_has_the_parameters_of_vit_ti_with_1x1_patches():
   want = (3 * d + d) + 32 * 32 * d + 2 * d + 12 * block + 2 * d + (d * 100 + 100)
   model = registry.build_model(pit_t_cifar100.get_config().model, 100)
   assert count_params(model, (1, 32, 32, 3)) == want == 5_555_812
+
+
+def test_cudnn_fallback_is_logged_once_and_listed(monkeypatch, caplog):
+  """"auto" attention that cuDNN refuses falls back to XLA's, says so once per shape, and the benchmark
+  rows can list it (attention_fallbacks)."""
+  from apvit_jax.models import vit
+  real = jax.nn.dot_product_attention
+
+  def no_cudnn(q, k, v, implementation=None):
+    if implementation == "cudnn":
+      raise NotImplementedError("sequence length 65 is not supported")
+    return real(q, k, v, implementation=implementation)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax.nn, "dot_product_attention", no_cudnn)
+  monkeypatch.setattr(vit, "_FALLBACKS", {})
+  q = jnp.asarray(np.random.default_rng(0).normal(size=(2, 65, 2, 8)), jnp.bfloat16)
+  with caplog.at_level("WARNING"):
+    first = vit.dot_product_attention(q, q, q, "auto")
+    vit.dot_product_attention(q, q, q, "auto")
+  np.testing.assert_array_equal(np.asarray(first, np.float32), np.asarray(real(q, q, q), np.float32))
+  warnings = [r for r in caplog.records if "cuDNN does not take it" in r.getMessage()]
+  assert len(warnings) == 1 and "sequence length 65" in warnings[0].getMessage()
+  assert vit.attention_fallbacks() == ["(2, 65, 2, 8) bfloat16: sequence length 65 is not supported"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from apvit_jax.data.splits import Dataset, Split
+from apvit_jax.data.types import Dataset, Split
 
 
 def synthetic(name: str, num_train: int, num_test: int, seed: int = 0) -> Dataset:

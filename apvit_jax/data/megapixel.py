@@ -17,7 +17,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from apvit_jax.data.splits import Dataset
+from apvit_jax.data.types import Dataset
 
 TASKS = {"majority": (10, "softmax"), "max": (10, "softmax"), "top": (10, "softmax"), "multi": (10, "sigmoid")}
 DIGIT = 28

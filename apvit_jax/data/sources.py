@@ -1,23 +1,23 @@
-"""config.data -> Dataset, through one table of loaders. Every split implements `splits.SplitSource`.
+"""config.data -> Dataset, through one table of loaders. Every split implements `types.SplitSource`.
 
 - "cluttered_digits": built in, no download, no files (scikit-learn's bundled 8×8 digits; builtin.py).
 - "synthetic:HxWxC:CLASSES": random images of that shape, for benchmarks (builtin.py).
 - "cifar10_raw" / "cifar100_raw": the official python batches (`cifar-10-batches-py/`, `cifar-100-python/`);
-  "mnist_raw" / "fashion_mnist_raw": MNIST-style idx `.gz` folders (raw_files.py).
+  "mnist_raw" / "fashion_mnist_raw": MNIST-style idx `.gz` folders (raw.py).
 - "tfds:NAME" (e.g. "tfds:cifar10", "tfds:imagenet2012"): `tfds.data_source`, no TensorFlow at train time
-  (tfds_source.py).
+  (tfds.py).
 - "megapixel_mnist" and "mnist_resized" (MNIST upscaled to data.image_size): large images drawn on demand,
   for IPS (megapixel.py). Their digits come from data.digits: "mnist_raw" (idx files in data.data_dir),
   "tfds:mnist", or "builtin" (scikit-learn's digits at 28x28, offline, for smoke tests).
 """
 from __future__ import annotations
 
-from apvit_jax.data import builtin, megapixel, raw_files, tfds_source
-from apvit_jax.data.splits import DataError, Dataset, Split  # noqa: F401  (the public names)
+from apvit_jax.data import builtin, megapixel, raw, tfds
+from apvit_jax.data.types import DataError, Dataset, Split  # noqa: F401  (the public names)
 
 # Re-exported: the loaders by name, for code that reads a dataset without a config.
 cluttered_digits, synthetic = builtin.cluttered_digits, builtin.synthetic
-load_cifar, load_mnist_idx, load_tfds = raw_files.load_cifar, raw_files.load_mnist_idx, tfds_source.load_tfds
+load_cifar, load_mnist_idx, load_tfds = raw.load_cifar, raw.load_mnist_idx, tfds.load_tfds
 
 
 def _data_dir(data_cfg) -> str:

@@ -57,6 +57,11 @@ def sinusoidal_encoding(positions, dim: int):
   return jnp.pad(code, [(0, 0)] * positions.ndim + [(0, dim - 2 * half)])
 
 
+def symmetric_uniform(bound: float):
+  """Initializer: uniform on [-bound, bound) (the IPS authors' query tokens: bound = sqrt(1 / d_k))."""
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
 class CrossAttentionAggregator(nn.Module):
   """`num_tokens` learned queries attend to the patch embeddings (no biases in Q/K/V/O), post-norm
   residuals (eps 1e-6), then a ReLU MLP with post-norm: (B, N, D) -> (B, num_tokens, D)."""
@@ -69,7 +74,8 @@ class CrossAttentionAggregator(nn.Module):
   dropout: float = 0.0
 
   def setup(self):
-    self.queries = self.param("queries", nn.initializers.normal(1.0), (1, self.num_tokens, self.dim))
+    self.queries = self.param("queries", symmetric_uniform(np.sqrt(1.0 / self.head_dim)),
+                              (1, self.num_tokens, self.dim))
     proj = lambda name: nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, name=name)
     self.q, self.k, self.v = proj("query"), proj("key"), proj("value")
     self.out = nn.DenseGeneral(self.dim, axis=(-2, -1), use_bias=False, name="out")

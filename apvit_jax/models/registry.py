@@ -2,9 +2,9 @@
 build and validate a model from `config.model` before any compilation."""
 from __future__ import annotations
 
-from apvit_jax.families.base import Family
-from apvit_jax.families.ips import IPSFamily
-from apvit_jax.families.vit import ViTFamily
+from apvit_jax.models.families.base import Family
+from apvit_jax.models.families.ips import IPSFamily
+from apvit_jax.models.families.vit import ViTFamily
 from apvit_jax.models.options import choice, compute_dtype  # noqa: F401  (compute_dtype: public here)
 
 FAMILIES = {f.name: f for f in (ViTFamily, IPSFamily)}

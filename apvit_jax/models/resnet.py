@@ -11,9 +11,10 @@ import jax.numpy as jnp
 RESNETS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
 
-def _norm(train: bool, dtype, name=None, zero_scale=False):
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name,
-                      scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones)
+def _norm(train: bool, dtype, name=None):
+  """BatchNorm as torchvision's (eps 1e-5, momentum 0.1 = flax 0.9), every scale starting at one
+  (torchvision's default zero_init_residual=False, which the IPS authors' code keeps)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
 
 
 class ResidualBlock(nn.Module):
@@ -30,11 +31,11 @@ class ResidualBlock(nn.Module):
     out_width = self.width * (4 if self.kind == "bottleneck" else 1)
     if self.kind == "basic":
       y = nn.relu(_norm(train, self.dtype, "bn1")(conv(self.width, 3, self.stride, "conv1")(x)))
-      y = _norm(train, self.dtype, "bn2", zero_scale=True)(conv(self.width, 3, 1, "conv2")(y))
+      y = _norm(train, self.dtype, "bn2")(conv(self.width, 3, 1, "conv2")(y))
     else:
       y = nn.relu(_norm(train, self.dtype, "bn1")(conv(self.width, 1, 1, "conv1")(x)))
       y = nn.relu(_norm(train, self.dtype, "bn2")(conv(self.width, 3, self.stride, "conv2")(y)))
-      y = _norm(train, self.dtype, "bn3", zero_scale=True)(conv(out_width, 1, 1, "conv3")(y))
+      y = _norm(train, self.dtype, "bn3")(conv(out_width, 1, 1, "conv3")(y))
     if x.shape[-1] != out_width or self.stride != 1:
       x = _norm(train, self.dtype, "proj_bn")(conv(out_width, 1, self.stride, "proj")(x))
     return nn.relu(x + y)
@@ -66,13 +67,14 @@ class ResNetTrunk(nn.Module):
 
 
 class FeatureProjector(nn.Module):
-  """Pre-extracted features: LayerNorm (no affine) -> Linear -> BatchNorm -> ReLU; (B, F) -> (B, D)."""
+  """Pre-extracted features: LayerNorm (no affine, eps 1e-5 as PyTorch's) -> Linear -> BatchNorm -> ReLU;
+  (B, F) -> (B, D)."""
   dim: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, *, train: bool):
-    x = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype)(x.reshape(x.shape[0], -1))
+    x = nn.LayerNorm(epsilon=1e-5, use_scale=False, use_bias=False, dtype=self.dtype)(x.reshape(x.shape[0], -1))
     x = nn.Dense(self.dim, dtype=self.dtype)(x)
     return nn.relu(_norm(train, self.dtype)(x)).astype(jnp.float32)
 

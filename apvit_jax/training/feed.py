@@ -1,5 +1,5 @@
 """Feeding batches: this host's slice of each global batch (batches.py decides which examples), built on
-the host from a split (`splits.SplitSource`), with the family's host-side step where it has one, then
+the host from a split (`types.SplitSource`), with the family's host-side step where it has one, then
 sharded over the local devices. Resident splits live on every device once and batches carry indices;
 streamed splits' batches carry the images. The next training batch is made while the current step runs.
 

@@ -11,15 +11,48 @@ import jax
 from apvit_jax.training.tensorboard import EventWriter
 
 
+def read_records(path: pathlib.Path) -> list[dict]:
+  """The records of a metrics.jsonl. A last line without its newline is a write cut short (the process
+  was killed mid-write): it is not a record and is left out; any other unreadable line is an error."""
+  if not path.exists():
+    return []
+  records = []
+  for number, line in enumerate(path.read_text().split("\n")[:-1], 1):  # [-1]: "" or the cut line
+    if line.strip():
+      try:
+        records.append(json.loads(line))
+      except json.JSONDecodeError as e:
+        raise ValueError(f"{path}, line {number}: not a JSON record ({e}): {line[:80]!r}") from e
+  return records
+
+
 class MetricWriter:
   def __init__(self, workdir: str | pathlib.Path):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
     self.enabled = jax.process_index() == 0
     self._events = None  # created on the first write, so reading a workdir writes nothing
+    self._checked_tail = False
+
+  def _set_aside_partial_line(self) -> None:
+    """Before the first append: a last line cut short by a kill is moved to metrics.jsonl.partial
+    (kept, never deleted), so the next record starts on a line of its own."""
+    self._checked_tail = True
+    if not self.path.exists():
+      return
+    data = self.path.read_bytes()
+    if not data or data.endswith(b"\n"):
+      return
+    cut = data.rfind(b"\n") + 1
+    with open(self.path.with_name(self.path.name + ".partial"), "ab") as f:
+      f.write(data[cut:] + b"\n")
+    with open(self.path, "r+b") as f:
+      f.truncate(cut)
 
   def write(self, step: int, split: str, metrics: dict, echo=print) -> None:
     if not self.enabled:
       return
+    if not self._checked_tail:
+      self._set_aside_partial_line()
     record = {"step": step, "split": split, "time": time.time(), **metrics}
     with open(self.path, "a") as f:
       f.write(json.dumps(record) + "\n")
@@ -33,6 +66,4 @@ class MetricWriter:
           f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
 
   def read(self) -> list[dict]:
-    if not self.path.exists():
-      return []
-    return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+    return read_records(self.path)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from apvit_jax.data import sources
-from apvit_jax.families.base import Family
+from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import parallel, state as state_lib, step as step_lib

@@ -70,7 +70,7 @@ def make_train_step(model_inputs, tasks, schedule, *, label_smoothing: float = 0
                     skip_nonfinite: bool = False):
   """-> train_step(state, data, batch, key) -> (state, metrics), per device.
 
-  model_inputs(state, data, batch, inputs_key, *, train) -> (inputs, labels): the family's (families/);
+  model_inputs(state, data, batch, inputs_key, *, train) -> (inputs, labels): the family's (models/families/);
   tasks: ((name, num_classes, "softmax" | "sigmoid"), ...); schedule: step -> learning rate (logged);
   skip_nonfinite: a step with a non-finite loss or gradient leaves parameters and optimizer state as they
   were (the step, and so the batch order, still advances)."""

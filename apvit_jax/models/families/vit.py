@@ -3,7 +3,7 @@ in front of a ViT encoder with one softmax head; the inputs are the images, augm
 from __future__ import annotations
 
 from apvit_jax.data.augment import example_keys, preprocess
-from apvit_jax.families.base import Family, fetch
+from apvit_jax.models.families.base import Family, fetch
 from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, AdaptivePatching, adaptive_vit
 from apvit_jax.models.options import architecture, choice, jnp_dtype
 from apvit_jax.models.posembed import LOOKUPS

@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from apvit_jax.data.splits import DataError, Dataset, Split
+from apvit_jax.data.types import DataError, Dataset, Split
 
 
 def _find_dir(data_dir: str | pathlib.Path, folder: str, needed: Sequence[str]) -> pathlib.Path:

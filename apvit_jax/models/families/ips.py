@@ -8,7 +8,7 @@ import jax
 import numpy as np
 
 from apvit_jax.data.augment import normalise
-from apvit_jax.families.base import Family, fetch
+from apvit_jax.models.families.base import Family, fetch
 from apvit_jax.models import ips
 from apvit_jax.models.options import choice, jnp_dtype
 

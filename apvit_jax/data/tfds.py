@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from apvit_jax.data.splits import DataError, Dataset, Split
+from apvit_jax.data.types import DataError, Dataset, Split
 
 
 @dataclasses.dataclass
