@@ -11,7 +11,7 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.parallel = "pmap"          # "pmap" or "shard_map" (jit over a Mesh)
-  c.distributed = "auto"       # jax.distributed.initialize(): True, False, or "auto" (cluster detected)
+  c.distributed = "auto"       # jax.distributed.initialize(): "true", "false", or "auto" (cluster detected)
   c.batch_size = 128           # global, over all devices and hosts
   c.num_epochs = 10.0
   c.total_steps = 0            # > 0 overrides num_epochs

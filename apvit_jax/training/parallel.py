@@ -23,9 +23,11 @@ def maybe_initialize_distributed(enabled) -> None:
   from the environment: Cloud TPU metadata, SLURM, or, for any other launcher,
   JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 
-  enabled: True always initialises, False never, "auto" when such an environment is detected.
+  enabled (config.distributed): "true" always initialises, "false" never, "auto" when such an environment
+  is detected (any case; booleans as well).
   """
-  if enabled is True or (enabled == "auto" and _multi_host_environment()):
+  enabled = str(enabled).lower()
+  if enabled == "true" or (enabled == "auto" and _multi_host_environment()):
     env = os.environ
     explicit = {}  # a plain launcher (no SLURM/TPU metadata): JAX_NUM_PROCESSES and JAX_PROCESS_ID
     for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):

@@ -11,6 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
+from apvit_jax.config_checks import check_config
 from apvit_jax.data import sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
@@ -45,6 +46,7 @@ class Run:
 
 def setup(config, *, for_training: bool = True, resuming: bool = False, devices=None) -> Run:
   """config -> Run. `resuming`: the workdir holds checkpoints, so config.init_from is not read."""
+  check_config(config)
   parallel.maybe_initialize_distributed(config.distributed)
   par = parallel.Parallel(config.parallel, devices)
   per_device = par.check_batch(config.batch_size)
