@@ -18,7 +18,6 @@ from apvit_jax.models.posembed import LOOKUPS, POSEMB_KINDS
 from apvit_jax.models.stn import STNS
 from apvit_jax.models.vit import POOLS
 from apvit_jax.patch_params import BOUNDS, KINDS, TRANSLATE_RANGES
-from apvit_jax.training.parallel import MODES
 from apvit_jax.training.state import OPTIMIZERS, SCHEDULES
 
 HUGE = 10 ** 9   # more than any count a run can use (examples, steps, pixels, widths)
@@ -47,7 +46,7 @@ def real(lo=0.0, hi=None, **kw):
 
 
 def one_of(*choices):
-  return lambda v: None if v in choices else f"must be one of {choices}, got {v!r}"
+  return lambda v: None if v in choices else f"choose from {choices}"
 
 
 def boolean(v):
@@ -89,7 +88,7 @@ positive = real(0.0, lo_open=True)
 
 RULES = {
     "seed": integer(0, 2 ** 31 - 1),
-    "parallel": one_of(*MODES),
+    "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
     "distributed": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
         f"must be 'auto', 'true' or 'false', got {v!r}"),
     "batch_size": count,
@@ -110,7 +109,7 @@ RULES = {
     "data.seed": integer(0, 2 ** 31 - 1),
     "data.num_train": count,
     "data.num_test": count,
-    "data.canvas": count,
+    "data.canvas": size_or_zero,   # unused (0) by the sources that do not draw canvases
     "data.digits": text(nonempty=True),
     "augment.crop_padding": integer(0, 4096),
     "augment.flip": boolean,
@@ -158,8 +157,8 @@ RULES = {
     "model.ips.num_stages": integer(1, 4),
     "model.ips.patch_size": count,
     "model.ips.patch_stride": count,
-    "model.ips.memory": count,
-    "model.ips.chunk": count,
+    "model.ips.memory": integer(-HUGE),   # the range (1 <= M <= N) is checked with the image (families/ips.py)
+    "model.ips.chunk": integer(-HUGE),
     "model.ips.loading": one_of(*LOADING),
     "model.ips.dim": count,
     "model.ips.num_heads": count,
@@ -171,7 +170,7 @@ RULES = {
     "model.ips.attn_dropout": dropout_rate,
     "model.ips.tasks": text(),
     "optim.name": one_of(*OPTIMIZERS),
-    "optim.lr": real(0.0, 100.0, lo_open=True),   # above, every step diverges
+    "optim.lr": positive,   # too large diverges: the run stops at the first non-finite loss, naming it
     "optim.b1": real(0.0, 1.0, hi_open=True),
     "optim.b2": real(0.0, 1.0, hi_open=True),
     "optim.weight_decay": real(0.0, HUGE),
@@ -204,5 +203,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
   for field, value in flat_fields(config).items():
     rule = RULES.get(field)
     error = rule(value) if rule else None
+    if error and error.startswith("choose from"):
+      raise ValueError(f"unknown {field}={value!r}; {error}")
     if error:
-      raise ValueError(f"config.{field} {error}")
+      raise ValueError(f"config.{field}={value!r}: {error}")

@@ -356,3 +356,26 @@ def test_metrics_file_cut_mid_line_still_resumes_and_evaluates(tmp_path):
   assert all(json.loads(line) for line in lines)
   assert (tmp_path / "metrics.jsonl.partial").read_text() == '{"step": 5, "split": "tra\n'
   assert eval_lib.evaluate_checkpoint(tiny_config(total_steps=8), tmp_path)["step"] == 8
+
+
+def test_disk_full_stops_clearly_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+  """A save the file system refuses (ENOSPC, injected where orbax's manager is called) stops the run with
+  a message naming the directory; the earlier checkpoint stays restorable and the same command resumes."""
+  import errno
+  import re
+  import orbax.checkpoint as ocp
+  loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
+  real = ocp.CheckpointManager.save
+
+  def full_disk(self, step, *args, **kwargs):
+    if step == 8:
+      raise OSError(errno.ENOSPC, "No space left on device")
+    return real(self, step, *args, **kwargs)
+  monkeypatch.setattr(ocp.CheckpointManager, "save", full_disk)
+  with pytest.raises(ckpt_lib.CheckpointWriteError, match=re.escape(f"step 8 in {tmp_path / 'checkpoints'} failed: "
+                                                                    "No space left on device") + r".*steps \[4\]"):
+    loop.train_and_evaluate(tiny_config(total_steps=8), tmp_path)
+  monkeypatch.undo()
+  ckpt = ckpt_lib.Checkpointer(tmp_path, read_only=True)
+  assert ckpt.manager.all_steps() == [4] and int(ckpt.restore_saved(4)["step"]) == 4
+  assert loop.train_and_evaluate(tiny_config(total_steps=8), tmp_path)["final_step"] == 8

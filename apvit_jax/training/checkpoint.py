@@ -20,6 +20,21 @@ class CheckpointCorrupt(ValueError):
   """A checkpoint whose files cannot be read back (truncated, overwritten, half-copied)."""
 
 
+class CheckpointWriteError(OSError):
+  """A save that the file system refused (disk full, quota, permissions); earlier checkpoints are kept."""
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+  """The OSError behind an exception (orbax may re-raise a writer thread's error wrapped)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
 # How orbax/tensorstore/json report unreadable bytes, as opposed to a structure that does not fit.
 _CORRUPTION_SIGNS = ("DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "is not valid for value of size",
                      "Unterminated string", "Expecting value", "Expecting ',' delimiter")
@@ -51,9 +66,23 @@ class Checkpointer:
     return self.manager.best_step()
 
   def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
-    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" to rank as best."""
-    self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
-                      metrics=metrics, force=True)
+    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" to rank as best. A save
+    the file system refuses raises CheckpointWriteError (here, or from `wait` for an asynchronous one)."""
+    kept = self.manager.all_steps()
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
+                        metrics=metrics, force=True)
+    except Exception as e:
+      self._raise_write_error(e, step, kept)
+      raise
+
+  def _raise_write_error(self, e: BaseException, step, kept) -> None:
+    os_error = _os_error_in(e)
+    if os_error is not None:
+      raise CheckpointWriteError(
+          os_error.errno, f"saving checkpoint step {step} in {self.directory} failed: "
+          f"{os_error.strerror or os_error}. The run stopped; the earlier checkpoints (steps {list(kept)}) are "
+          f"kept. Free space (or fix the directory), then run the same command to resume") from e
 
   def restore(self, step: int, target: dict) -> dict:
     """Restores `step` into the structure of `target` (a NumPy tree), checking every shape."""
@@ -90,7 +119,12 @@ class Checkpointer:
     return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
 
   def wait(self) -> None:
-    self.manager.wait_until_finished()
+    """Until the asynchronous save in flight is written (raises CheckpointWriteError if it failed)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._raise_write_error(e, "in flight", [s for s in self.manager.all_steps()])
+      raise
 
   def close(self) -> None:
     self.manager.close()

@@ -130,16 +130,18 @@ class _Training:
 
   def run(self) -> dict:
     t_start = time.time()
-    while self.step < self.run_.total_steps:
-      self._epoch()
-      if self.stop.requested:
-        break
-      t_eval = time.time()
-      self._evaluate_and_save()
-      self.efficiency.exclude(time.time() - t_eval)
-    self.bar.close()
-    self.batches.close()
-    self.stop.restore()
+    try:
+      while self.step < self.run_.total_steps:
+        self._epoch()
+        if self.stop.requested:
+          break
+        t_eval = time.time()
+        self._evaluate_and_save()
+        self.efficiency.exclude(time.time() - t_eval)
+    finally:   # also when a step, an evaluation or a save raises
+      self.bar.close()
+      self.batches.close()
+      self.stop.restore()
     if self.stop.requested:
       return self._interrupted()
     self.ckpt.wait()
