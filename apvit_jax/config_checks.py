@@ -12,6 +12,7 @@ import numbers
 import ml_collections
 
 from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS
+from apvit_jax.models.families.vit import FRONT_ENDS
 from apvit_jax.models.ips import ENCODERS, LOADING
 from apvit_jax.models.options import ATTENTION_IMPLS, COMPUTE_DTYPES
 from apvit_jax.models.posembed import LOOKUPS, POSEMB_KINDS
@@ -136,7 +137,7 @@ RULES = {
     "model.attention_impl": one_of(*ATTENTION_IMPLS),
     "model.remat": boolean,
     "model.scan_layers": boolean,
-    "model.front_end": one_of("grid", "adaptive"),
+    "model.front_end": one_of(*FRONT_ENDS),
     "model.adaptive.num_patches": size_or_zero,
     "model.adaptive.transform": one_of(*KINDS),
     "model.adaptive.bound": one_of(*BOUNDS),

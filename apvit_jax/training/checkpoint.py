@@ -68,17 +68,17 @@ class Checkpointer:
   def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
     """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" to rank as best. A save
     the file system refuses raises CheckpointWriteError (here, or from `wait` for an asynchronous one)."""
-    kept = self.manager.all_steps()
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
                         metrics=metrics, force=True)
     except Exception as e:
-      self._raise_write_error(e, step, kept)
+      self._raise_write_error(e, step)
       raise
 
-  def _raise_write_error(self, e: BaseException, step, kept) -> None:
+  def _raise_write_error(self, e: BaseException, step) -> None:
     os_error = _os_error_in(e)
     if os_error is not None:
+      kept = [s for s in self.manager.all_steps() if s != step]   # listed only when a save failed
       raise CheckpointWriteError(
           os_error.errno, f"saving checkpoint step {step} in {self.directory} failed: "
           f"{os_error.strerror or os_error}. The run stopped; the earlier checkpoints (steps {list(kept)}) are "
@@ -123,7 +123,7 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:
-      self._raise_write_error(e, "in flight", [s for s in self.manager.all_steps()])
+      self._raise_write_error(e, "in flight")
       raise
 
   def close(self) -> None:

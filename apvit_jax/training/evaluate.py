@@ -58,7 +58,5 @@ def draw_figures(run, host_state, data_split, count: int, out_dir, suffix: str) 
   adaptive patches (visualize.py, patches_SUFFIX_I.png) or IPS selections (visualize_ips.py,
   ips_SUFFIX_I.png), selected as evaluation selects. matplotlib is imported only here."""
   images, labels = data_split.get(np.arange(min(count, len(data_split))))
-  variables = {"params": host_state.params, **({"batch_stats": host_state.batch_stats}
-                                               if host_state.batch_stats else {})}
-  return run.family.figures(run.model, variables, np.asarray(images), labels, run.tasks, out_dir, suffix,
+  return run.family.figures(run.model, host_state.variables(), np.asarray(images), labels, run.tasks, out_dir, suffix,
                             step_lib.eval_inputs_key())

@@ -34,10 +34,6 @@ class Run:
   total_steps: int
   per_device_batch: int
 
-  @property
-  def num_classes(self) -> int:
-    return self.dataset.num_classes
-
   @functools.cached_property
   def host_inputs(self):
     """The family's host-side step on each batch (IPS lazy loading), built once per run; or None."""

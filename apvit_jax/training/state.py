@@ -14,6 +14,10 @@ class TrainState(train_state.TrainState):
   """Flax TrainState plus BatchNorm statistics (an empty dict for models without BatchNorm)."""
   batch_stats: Any = flax.struct.field(default_factory=dict)
 
+  def variables(self) -> dict:
+    """{"params", and "batch_stats" where the model has BatchNorm}: what model.apply takes."""
+    return {"params": self.params, **({"batch_stats": self.batch_stats} if self.batch_stats else {})}
+
 
 SCHEDULES = ("cosine", "cosine_restarts")
 

@@ -19,10 +19,6 @@ def selection_key(inputs_key):
   return jax.random.fold_in(inputs_key, 2)
 
 
-def variables_of(state) -> dict:
-  return {"params": state.params, **({"batch_stats": state.batch_stats} if state.batch_stats else {})}
-
-
 class IPSFamily(Family):
   name = "ips"
 
@@ -76,7 +72,7 @@ class IPSFamily(Family):
       return (self._normalise(batch["patches"]), batch["positions"]), batch["labels"]
     images, labels = fetch(data, batch)
     patches = ips.extract_patches(self._normalise(images), c.patch_size, c.patch_stride)
-    positions = ips.select(c.loading, state.apply_fn, variables_of(state), patches, selection_key(key),
+    positions = ips.select(c.loading, state.apply_fn, state.variables(), patches, selection_key(key),
                            memory=c.memory, chunk=c.chunk)
     return (ips.gather_patches(patches, positions), positions), labels
 
@@ -115,5 +111,5 @@ class HostSelection:
   def __call__(self, batch: dict, state_copy, inputs_key) -> dict:
     """batch with "images" (b, H, W, C) uint8 on the host -> with "patches" and "positions" instead."""
     patches = ips.extract_patches(batch.pop("images"), self.patch_size, self.patch_stride)
-    positions = self.selector(variables_of(state_copy), patches, selection_key(inputs_key))
+    positions = self.selector(state_copy.variables(), patches, selection_key(inputs_key))
     return {**batch, "patches": ips.gather_patches(patches, positions), "positions": positions}
