@@ -6,6 +6,9 @@
 
 --visualize=K draws, for the split's first K images, the image, the regular grid, the adaptive patches
 on the image and the sampled patches, as WORKDIR/figures/patches_SPLIT_stepSTEP_I.png.
+
+A multi-seed run (--config.num_seeds=K) is evaluated replica by replica (accuracy/seedS, accuracy_mean,
+accuracy_sd, ...); --seed_index=k evaluates replica k only (seed config.seed + k).
 """
 import json
 import pathlib
@@ -24,6 +27,9 @@ flags.DEFINE_integer("visualize", 0, "Draw patch figures for this many images of
                      "(WORKDIR/figures/); 0: none.", lower_bound=0)
 flags.DEFINE_bool("confusion", False, "Also compute and print the confusion matrix (rows: true class, "
                   "columns: predicted); it is written to the JSON as well.")
+flags.DEFINE_integer("seed_index", None, "A multi-seed run (config.num_seeds=K): evaluate only replica "
+                     "k (0..K-1, seed config.seed+k); default: every replica, with mean and sd. --visualize draws "
+                     "this replica (default 0).", lower_bound=0)
 flags.DEFINE_string("output", None, "JSON file to write; default WORKDIR/eval_STEP_SPLIT.json.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -43,12 +49,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   f = flags.FLAGS
   result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize,
-                               confusion=f.confusion)
-  out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}.json")
+                               confusion=f.confusion, seed_index=f.seed_index)
+  seed = f"_seed{result['seed']}" if "seed" in result else ""
+  out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}{seed}.json")
   out.write_text(json.dumps(result, indent=2) + "\n")
-  if "confusion" in result:
-    print(confusion_table(result["confusion"]))
-  print(json.dumps({k: v for k, v in result.items() if k != "confusion"}))
+  for name, value in result.items():
+    if name.startswith("confusion"):
+      print(f"{name}:\n{confusion_table(value)}")
+  print(json.dumps({k: v for k, v in result.items() if not k.startswith("confusion")}))
   print(f"wrote {out}")
 
 

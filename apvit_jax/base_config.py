@@ -10,6 +10,7 @@ CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.num_seeds = 1              # K > 1: K independent replicas (seeds seed..seed+K-1) in one compiled step
   c.parallel = "pmap"          # "pmap" or "shard_map" (jit over a Mesh)
   c.distributed = "auto"       # jax.distributed.initialize(): "true", "false", or "auto" (cluster detected)
   c.batch_size = 128           # global, over all devices and hosts

@@ -89,6 +89,7 @@ positive = real(0.0, lo_open=True)
 
 RULES = {
     "seed": integer(0, 2 ** 31 - 1),
+    "num_seeds": integer(1, 4096),
     "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
     "distributed": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
         f"must be 'auto', 'true' or 'false', got {v!r}"),

@@ -5,10 +5,13 @@
   python -m bench.run --suite=steps --workloads=apvit_cifar10 --set=model.dtype=float32
   python -m bench.run --suite=gpu --out=DIR    # ours vs the PyTorch peers, the GPU issue's sizes
   python -m bench.run --suite=cpu --out=DIR    # ours vs the PyTorch peers, the CPU issue's sizes
+  python -m bench.run --suite=seeds --num_seeds=1,2,4,8 --json=...   # K seeds in one step (num_seeds)
 
-Suites: `sampler` (bench/sampler_bench.py) and `steps` (bench/step_bench.py) print a Markdown table and
-write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch peers in the same process
-and write DIR/results.json and DIR/results.md. Timings are medians after warm-up; no test asserts any.
+Suites: `sampler` (bench/sampler_bench.py), `steps` (bench/step_bench.py) and `seeds`
+(bench/seeds_bench.py: dps_vit_cifar10, or the first of --workloads, at each --num_seeds) print a
+Markdown table and write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch
+peers in the same process and write DIR/results.json and DIR/results.md. Timings are medians after
+warm-up; no test asserts any.
 """
 import json
 import pathlib
@@ -16,15 +19,16 @@ import sys
 
 from absl import app, flags, logging
 
-from bench import common, peers_suite, sampler_bench, step_bench
+from bench import common, peers_suite, sampler_bench, seeds_bench, step_bench
 
-flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", *peers_suite.PRESETS],
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", *peers_suite.PRESETS],
                   "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
                   "sizes of the GPU or the CPU speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
 flags.DEFINE_bool("tiny", False, "gpu/cpu suites: tiny sizes, to check the command end to end on a CPU.")
 flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
                   + ", ".join(step_bench.WORKLOADS))
+flags.DEFINE_list("num_seeds", ["1", "2", "4", "8"], "seeds suite: the replica counts K to time.")
 flags.DEFINE_integer("batch_size", 0, "Global batch for every step workload; 0: the reference batch "
                      "(the config's, or the issue's table).", lower_bound=0)
 flags.DEFINE_integer("warmup", 3, "Untimed calls before timing.", lower_bound=0)
@@ -66,6 +70,11 @@ def main(argv):
   print(json.dumps(result["machine"]))
   if f.suite in ("all", "sampler"):
     result["sampler"] = sampler_bench.run(warmup=f.warmup, repeats=f.repeats)
+  if f.suite == "seeds":
+    workload = f.workloads[0] if f["workloads"].present else "dps_vit_cifar10"
+    result["seeds"] = seeds_bench.run(workload=workload, num_seeds=[int(k) for k in f.num_seeds],
+                                      batch_size=f.batch_size, warmup=f.warmup, repeats=f.repeats,
+                                      extra=_parse_overrides(f.set))
   if f.suite in ("all", "steps"):
     result["steps"] = step_bench.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
                                      repeats=f.repeats, extra=_parse_overrides(f.set))

@@ -5,7 +5,8 @@ built-in digits, as it would from MNIST).
 
 Per workload: compile time (lower + compile), the median step time with the batch already on device,
 the host's time to make and ship a batch, the median step time as the trainer runs it (batch s+1 made in
-a background thread while step s runs), images/s, FLOPs per step from XLA's cost analysis, and MFU where
+a background thread while step s runs), images/s (per replica: with config.num_seeds = K a step trains
+K replicas, see bench/seeds_bench.py), FLOPs per step from XLA's cost analysis, and MFU where
 the device's peak is known, and everywhere the achieved FLOP/s as a share of a measured large matmul in
 the workload's dtype (the practical compute roof; the only one on CPU). Memory: what XLA's buffer
 assignment needs for one step per device (arguments + outputs + temporaries - donated buffers), and on
@@ -72,7 +73,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   data = feed.device_data(par, run.dataset.train)
   step_fn = run_lib.compile_train_step(run)
   make_batch = feed.train_batch_maker(run)
-  key = jax.random.key(0)
+  key = run_lib.train_key(run)   # (K,) keys with config.num_seeds = K > 1
   batch = make_batch(0)
 
   t0 = time.perf_counter()
@@ -105,13 +106,14 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   flops = common.flops_of(compiled)
   flops = flops * par.num_local if flops and par.mode == "pmap" else flops  # pmap: per device
   params = sum(x.size for x in jax.tree.leaves(run.state.params))
-  b = config.batch_size
+  b = config.batch_size   # per replica; a step trains num_replicas of them
   scans = run.family.loops_in_step()
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
           "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
-          "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
+          "replicas": run.num_replicas, "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
+          "all_replicas_images_per_s": b * run.num_replicas / step_s,
           "tflop_per_step": flops / 1e12 if flops else None,
           # XLA's cost analysis counts a loop body once (IPS's selection scan, scanned layers), so no MFU.
           "mfu": flops / step_s / (peak * jax.device_count()) if flops and peak and not scans else None,

@@ -21,9 +21,21 @@ def test_curves_by_epoch_with_a_resumed_run(tmp_path):
              {"step": 20, "split": "test", "loss": 1.2, "accuracy": 0.6, "epoch": 2.0}]
   write_metrics(tmp_path, records)
   c = plot.curves(plot.read_metrics(tmp_path))
-  assert c["train_loss"] == ([0.5, 1.0], [2.0, 1.4])
-  assert c["test_accuracy"] == ([1.0, 2.0], [0.4, 0.6])
-  assert c["test_loss"] == ([1.0, 2.0], [1.6, 1.2])
+  assert c["train_loss"] == ([0.5, 1.0], [2.0, 1.4], None)
+  assert c["test_accuracy"] == ([1.0, 2.0], [0.4, 0.6], None)
+  assert c["test_loss"] == ([1.0, 2.0], [1.6, 1.2], None)
+
+
+def test_multi_seed_curves_are_the_mean_with_a_band(tmp_path):
+  records = [{"step": 4, "split": "train", "loss_mean": 2.0, "loss_sd": 0.2, "loss/seed0": 1.8, "loss/seed1": 2.2},
+             {"step": 4, "split": "test", "loss_mean": 1.6, "loss_sd": 0.1, "accuracy_mean": 0.4,
+              "accuracy_sd": 0.05, "epoch": 1.0}]
+  write_metrics(tmp_path, records)
+  c = plot.curves(plot.read_metrics(tmp_path))
+  assert c["train_loss"] == ([1.0], [2.0], [0.2])
+  assert c["test_accuracy"] == ([1.0], [0.4], [0.05])
+  out = plot.plot([tmp_path], tmp_path / "band.png")
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_command_writes_a_png(tmp_path):

@@ -69,3 +69,32 @@ def test_metric_writer_writes_readable_scalar_events(tmp_path):
   assert got.keys() == {(7, "train/loss"), (7, "train/accuracy"), (300, "test/accuracy"), (300, "test/count")}
   np.testing.assert_allclose([got[(7, "train/loss")], got[(300, "test/accuracy")], got[(300, "test/count")]],
                              [2.5, 0.875, 40.0])
+
+
+def test_multi_seed_records_get_a_band_layout(tmp_path):
+  """NAME_mean/NAME_sd pairs also go out as NAME_lower/_upper, and a Custom Scalars layout draws each
+  mean inside its band (a margin chart); decoded here with the independent parser."""
+  writer = MetricWriter(tmp_path)
+  writer.write(4, "train", {"loss_mean": 2.0, "loss_sd": 0.25, "loss/seed0": 1.75, "lr": 0.1}, echo=None)
+  writer.write(4, "test", {"accuracy_mean": 0.5, "accuracy_sd": 0.125}, echo=None)
+  (path,) = (tmp_path / "tensorboard").glob("events.out.tfevents.*")
+  scalars, layouts = {}, []
+  for e in read_events(path)[1:]:
+    for value in parse(e[5][0])[1]:
+      v = parse(value)
+      if v[1][0] == b"custom_scalars__config__":
+        assert parse(parse(v[9][0])[1][0])[1] == [b"custom_scalars"]
+        tensor = parse(v[8][0])
+        assert tensor[1] == [7]            # DT_STRING
+        layouts.append(parse(tensor[8][0]))
+      else:
+        scalars[v[1][0].decode()] = v[2][0]
+  np.testing.assert_allclose([scalars["train/loss_lower"], scalars["train/loss_upper"],
+                              scalars["test/accuracy_lower"], scalars["test/accuracy_upper"]],
+                             [1.75, 2.25, 0.375, 0.625])
+  assert len(layouts) == 2   # one per new band: the latest holds both
+  (category,) = [parse(c) for c in layouts[-1][2]]
+  series = [parse(parse(parse(chart)[3][0])[1][0]) for chart in category[2]]
+  assert [(s[1][0], s[2][0], s[3][0]) for s in series] == [
+      (b"test/accuracy_mean", b"test/accuracy_lower", b"test/accuracy_upper"),
+      (b"train/loss_mean", b"train/loss_lower", b"train/loss_upper")]

@@ -82,6 +82,23 @@ def train_cmd(workdir, *extra):
           "--config.total_steps=60", *extra]
 
 
+def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
+  """Starts `cmd`, SIGKILLs it as soon as WORKDIR `work` holds a complete checkpoint at or past min_step;
+  -> the latest complete step, checked to be before the run's last step."""
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 180
+  while time.time() < deadline:
+    done = [int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
+    if any(s >= min_step for s in done):
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+  assert killed_at < last_step, "the run finished before it could be killed; make it longer"
+  return killed_at
+
+
 def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   # Uninterrupted reference run.
@@ -89,18 +106,7 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   assert ref.returncode == 0, ref.stderr[-2000:]
   # Run killed with SIGKILL as soon as a checkpoint past step 4 is complete, then re-run.
   work = tmp_path / "killed"
-  proc = subprocess.Popen(train_cmd(work), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
-  deadline = time.time() + 120
-  while time.time() < deadline:
-    done = [int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-    if any(s >= 6 for s in done):
-      break
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  killed_at = max(int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit())
-  assert killed_at < 60, "the run finished before it could be killed; make it longer"
+  kill_after_checkpoint(train_cmd(work), work, 6, env, last_step=60)
   resumed = subprocess.run(train_cmd(work), cwd=ROOT, env=env, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   start = int(resumed.stdout.split("starting at step ")[1].split()[0])
@@ -291,7 +297,7 @@ def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path):
 
 @pytest.mark.parametrize("script,flags", [("train.py", ["--config", "--workdir"]),
                                           ("eval.py", ["--config", "--workdir", "--step", "--split",
-                                                       "--visualize", "--confusion", "--output"])])
+                                                       "--visualize", "--confusion", "--output", "--seed_index"])])
 def test_help_explains_every_flag(script, flags):
   out = subprocess.run([sys.executable, str(ROOT / script), "--helpshort"], cwd=ROOT, capture_output=True,
                        text=True)

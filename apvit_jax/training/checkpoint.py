@@ -12,6 +12,12 @@ from orbax.checkpoint import checkpoint_managers as policies
 METRIC = "accuracy"
 
 
+def ranked_accuracy(metrics: dict) -> float:
+  """What ranks a checkpoint as best: its test accuracy, or the replicas' mean accuracy (num_seeds > 1:
+  one checkpoint holds every replica)."""
+  return metrics[METRIC] if METRIC in metrics else metrics[METRIC + "_mean"]
+
+
 class CheckpointMismatch(ValueError):
   """A checkpoint that does not fit the model/optimizer the config builds."""
 
@@ -54,8 +60,8 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policies.AnyPreservationPolicy([
             policies.LatestN(keep_latest),
-            policies.BestN(get_metric_fn=lambda m: m[METRIC], n=1)]),
-        best_fn=lambda m: m[METRIC], best_mode="max",
+            policies.BestN(get_metric_fn=ranked_accuracy, n=1)]),
+        best_fn=ranked_accuracy, best_mode="max",
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -66,8 +72,9 @@ class Checkpointer:
     return self.manager.best_step()
 
   def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
-    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" to rank as best. A save
-    the file system refuses raises CheckpointWriteError (here, or from `wait` for an asynchronous one)."""
+    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" (or "accuracy_mean") to
+    rank as best. A save the file system refuses raises CheckpointWriteError (here, or from `wait` for an
+    asynchronous one)."""
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
                         metrics=metrics, force=True)

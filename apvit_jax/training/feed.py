@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from apvit_jax.data import batches
+from apvit_jax.training import replicas
 
 
 def device_data(par, split) -> dict:
@@ -37,12 +38,19 @@ def _this_host(global_array: np.ndarray) -> np.ndarray:
 
 def train_batch_maker(run, *, on_host: bool = False):
   """-> make_batch(step): this host's slice of the step's global training batch, sharded over the devices
-  (left on the host with on_host, for a family's host-side step)."""
-  split, gb, seed = run.dataset.train, run.config.batch_size, run.config.seed
+  (left on the host with on_host, for a family's host-side step). With several replicas each draws its
+  own batch from its own seed, stacked on axis 1: leaves (b, K, ...) (training/replicas.py)."""
+  split, gb = run.dataset.train, run.config.batch_size
   positions = _this_host(np.arange(gb))
 
+  def one_seed(seed: int, step: int) -> dict:
+    return host_batch(split, _this_host(batches.train_indices(seed, step, len(split), gb)), positions)
+
   def make_batch(step: int) -> dict:
-    batch = host_batch(split, _this_host(batches.train_indices(seed, step, len(split), gb)), positions)
+    if run.num_replicas == 1:
+      batch = one_seed(run.seeds[0], step)
+    else:
+      batch = replicas.stack([one_seed(s, step) for s in run.seeds], axis=1)
     return batch if on_host else run.par.shard(batch)
   return make_batch
 

@@ -17,7 +17,7 @@ import numpy as np
 import tqdm
 
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import evaluate as eval_lib, feed, run as run_lib, step as step_lib
+from apvit_jax.training import evaluate as eval_lib, feed, replicas, run as run_lib, step as step_lib
 from apvit_jax.training.metrics import MetricWriter
 
 
@@ -41,6 +41,33 @@ class _Efficiency:
     stats = device.memory_stats() or {}
     if "peak_bytes_in_use" in stats:
       out["peak_memory_gib"] = stats["peak_bytes_in_use"] / 2 ** 30
+    return out
+
+
+class _Best:
+  """The best test accuracy so far: of the replicas' mean (it ranks the checkpoints) and of each replica
+  (selected on the test set per replica, as published best-epoch figures are). One seed: both the same."""
+
+  def __init__(self, seeds):
+    self.seeds = seeds
+    self.mean, self.mean_step = -1.0, None
+    self.each, self.each_step = [-1.0] * len(seeds), [None] * len(seeds)
+
+  def update(self, step: int, record: dict) -> None:
+    if replicas.mean_value(record, "accuracy") > self.mean:
+      self.mean, self.mean_step = replicas.mean_value(record, "accuracy"), step
+    for k, value in enumerate(replicas.seed_values(record, "accuracy", self.seeds)):
+      if value > self.each[k]:
+        self.each[k], self.each_step[k] = value, step
+
+  def summary(self, last_eval: dict | None) -> dict:
+    """best_accuracy, best_step, final_accuracy (one seed); with several their per-seed values, the
+    mean and sd of the accuracies, and the best mean's accuracy and step (the best checkpoint)."""
+    final = replicas.seed_values(last_eval, "accuracy", self.seeds) if last_eval else [None] * len(self.seeds)
+    out = replicas.summarize({"best_accuracy": np.array(self.each), "best_step": np.array(self.each_step),
+                              "final_accuracy": np.array(final)}, self.seeds)
+    if len(self.seeds) > 1:
+      out.update(best_mean_accuracy=self.mean, best_mean_step=self.mean_step)
     return out
 
 
@@ -118,10 +145,10 @@ class _Training:
     self.train_key = run_lib.train_key(run)
     self.batches = feed.OneAhead(feed.train_batch_maker(run, on_host=run.host_inputs is not None),
                                  start_step, run.total_steps)
-    self.best = {"accuracy": -1.0, "step": None}
+    self.best = _Best(run.seeds)
     for r in writer.read():
-      if r["split"] == "test" and r["step"] <= start_step and r["accuracy"] > self.best["accuracy"]:
-        self.best = {"accuracy": r["accuracy"], "step": r["step"]}
+      if r["split"] == "test" and r["step"] <= start_step:
+        self.best.update(r["step"], r)
     self.last_eval, self.train_time, self.train_images = None, 0.0, 0
     self.efficiency = _Efficiency(start_step)
     self.stop = _StopOnSignal(ckpt)
@@ -169,20 +196,26 @@ class _Training:
     jax.block_until_ready(self.state.step)
     if self.step - first > 1:
       self.train_time += time.time() - t0
-      self.train_images += (self.step - first - 1) * self.config.batch_size
+      self.train_images += (self.step - first - 1) * self.config.batch_size * run.num_replicas
 
   def _log(self, metrics) -> None:
-    m = self.run_.par.metrics(metrics)
-    if self.config.log_efficiency:
-      m.update(self.efficiency.measure(self.step, self.run_.par.local_devices[0]))
-    if not np.isfinite(m["loss"]) and not self.config.skip_nonfinite_steps:
+    run = self.run_
+    m = replicas.per_replica(run.par.metrics(metrics), run.num_replicas)
+    bad = [(s, loss) for s, loss in zip(run.seeds, m["loss"]) if not np.isfinite(loss)]
+    if bad and not self.config.skip_nonfinite_steps:
       self.stop.restore()
       self.ckpt.wait()
+      where = "" if run.num_replicas == 1 else " in replica(s) " + ", ".join(
+          f"seed {s} (index {run.seeds.index(s)})" for s, _ in bad)
       raise FloatingPointError(
-          f"loss is {m['loss']} at step {self.step} (checked every {self.config.log_every_steps} steps); the "
-          f"last good checkpoint, step {self.ckpt.latest_step()} in {self.ckpt.directory}, is kept. Lower the "
-          f"learning rate, or set --config.skip_nonfinite_steps=True to skip such steps")
-    self.bar.set_postfix(loss=f"{m['loss']:.3f}", refresh=False)
+          f"loss is {bad[0][1]} at step {self.step}{where} (checked every {self.config.log_every_steps} "
+          f"steps); "
+          f"the last good checkpoint, step {self.ckpt.latest_step()} in {self.ckpt.directory}, is kept. Lower "
+          f"the learning rate, or set --config.skip_nonfinite_steps=True to skip such steps")
+    m = replicas.summarize(m, run.seeds)
+    if self.config.log_efficiency:
+      m.update(self.efficiency.measure(self.step, run.par.local_devices[0]))
+    self.bar.set_postfix(loss=f"{replicas.mean_value(m, 'loss'):.3f}", refresh=False)
     self.writer.write(self.step, "train", m, echo=None if self.config.progress_bar else print)
 
   def _evaluate_and_save(self) -> None:
@@ -195,8 +228,7 @@ class _Training:
     self.writer.write(self.step, "test", {**self.last_eval, "epoch": round(epoch, 3),
                                           "images_per_sec": self._images_per_sec() or float("nan")},
                       echo=self.bar.write if self.is_main else None)
-    if self.last_eval["accuracy"] > self.best["accuracy"]:
-      self.best = {"accuracy": self.last_eval["accuracy"], "step": self.step}
+    self.best.update(self.step, self.last_eval)
     self.ckpt.save(self.step, run.par.unreplicate(ckpt_lib.state_to_save(self.state)), self.last_eval)
 
   def _images_per_sec(self) -> float | None:
@@ -214,13 +246,27 @@ class _Training:
     return {"final_step": self.step, "interrupted_by": self.stop.requested}
 
   def _summary(self, wall_seconds: float) -> dict:
-    last = self.last_eval["accuracy"] if self.last_eval else None
-    summary = {"final_step": self.step, "best_accuracy": self.best["accuracy"], "best_step": self.best["step"],
-               "final_accuracy": last, "wall_seconds": wall_seconds,
+    run = self.run_
+    summary = {"final_step": self.step, **self.best.summary(self.last_eval), "wall_seconds": wall_seconds,
                "train_images_per_sec": self._images_per_sec()}
     self.writer.write(self.step, "summary", summary, echo=None)
     if self.is_main:
-      print(f"FINAL best_accuracy={summary['best_accuracy']:.4f} (step {summary['best_step']}) "
-            f"final_accuracy={last if last is not None else float('nan'):.4f} "
-            f"wall={wall_seconds:.1f}s images/s={summary['train_images_per_sec'] or 0:.1f}", flush=True)
+      print(_final_line(summary, run.seeds), flush=True)
     return summary
+
+
+def _final_line(summary: dict, seeds) -> str:
+  """The FINAL line: best and final accuracy (mean ± sd over the replicas with several seeds)."""
+  rate = summary["train_images_per_sec"] or 0
+  if len(seeds) == 1:
+    last = summary["final_accuracy"]
+    return (f"FINAL best_accuracy={summary['best_accuracy']:.4f} (step {summary['best_step']}) "
+            f"final_accuracy={last if last is not None else float('nan'):.4f} "
+            f"wall={summary['wall_seconds']:.1f}s images/s={rate:.1f}")
+  stat = lambda name: (f"{summary[name + '_mean']:.4f} ± {summary[name + '_sd']:.4f}"
+                       if name + "_mean" in summary else "nan")
+  return (f"FINAL over {len(seeds)} seeds ({seeds[0]}..{seeds[-1]}), mean ± sd: "
+          f"best_accuracy={stat('best_accuracy')} final_accuracy={stat('final_accuracy')}; "
+          f"best mean accuracy {summary['best_mean_accuracy']:.4f} "
+          f"(step {summary['best_mean_step']}) wall={summary['wall_seconds']:.1f}s "
+          f"images/s={rate:.1f} ({rate / len(seeds):.1f} per replica)")

@@ -32,6 +32,7 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self._events = None  # created on the first write, so reading a workdir writes nothing
     self._checked_tail = False
+    self._bands = set()   # tags drawn as mean with a band (multi-seed runs)
 
   def _set_aside_partial_line(self) -> None:
     """Before the first append: a last line cut short by a kill is moved to metrics.jsonl.partial
@@ -58,12 +59,22 @@ class MetricWriter:
       f.write(json.dumps(record) + "\n")
     scalars = {f"{split}/{k}": float(v) for k, v in metrics.items()
                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # Several seeds: NAME_mean and NAME_sd also as a band, NAME_lower/_upper = mean -/+ sd (TensorBoard
+    # only), drawn by the Custom Scalars tab's margin charts.
+    bands = [k[:-len("_mean")] for k in scalars if k.endswith("_mean") and k[:-len("_mean")] + "_sd" in scalars]
+    for b in bands:
+      mean, sd = scalars[b + "_mean"], scalars[b + "_sd"]
+      scalars[b + "_lower"], scalars[b + "_upper"] = mean - sd, mean + sd
     if scalars:
       self._events = self._events or EventWriter(self.path.parent / "tensorboard")
       self._events.scalars(step, scalars)
-    if echo:
+    if set(bands) - self._bands:
+      self._bands |= set(bands)
+      self._events.margin_layout([(b + "_mean", b + "_lower", b + "_upper") for b in sorted(self._bands)])
+    if echo:  # each replica's values (NAME/seedS) stay in the file: the line shows their mean and sd
       echo(f"[{split} step {step}] " + " ".join(
-          f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+          f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+          for k, v in metrics.items() if "/seed" not in k))
 
   def read(self) -> list[dict]:
     return read_records(self.path)

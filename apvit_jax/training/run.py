@@ -16,7 +16,7 @@ from apvit_jax.data import sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import parallel, state as state_lib, step as step_lib
+from apvit_jax.training import parallel, replicas, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -33,6 +33,11 @@ class Run:
   steps_per_epoch: int
   total_steps: int
   per_device_batch: int
+  seeds: tuple               # (config.seed,), or one per replica with config.num_seeds > 1
+
+  @property
+  def num_replicas(self) -> int:
+    return len(self.seeds)
 
   @functools.cached_property
   def host_inputs(self):
@@ -50,6 +55,9 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   family = registry.family(config.model, config.augment)
   tasks = family.tasks(dataset.task_spec, dataset.name)
   family.check(dataset.image_shape)
+  seeds = replicas.seeds(config)
+  if len(seeds) > 1:
+    family.check_replicas(len(seeds))
   if config.num_classes and config.num_classes != dataset.num_classes:
     raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
                      f"{dataset.num_classes} classes")
@@ -65,10 +73,27 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   model = family.build(dataset.num_classes, tasks)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  state = state_lib.create_state(model, tx, jax.random.fold_in(jax.random.key(config.seed), 0),
-                                 dataset.image_shape, family.init_inputs(dataset.image_shape))
+  state = state_lib.create_state(model, tx, _seed_keys(seeds, 0), dataset.image_shape,
+                                 family.init_inputs(dataset.image_shape))
   return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
-             per_device)
+             per_device, seeds)
+
+
+def _seed_keys(seeds, purpose: int):
+  """fold_in(key(seed), purpose): one key for one seed, (K,) keys for K replicas (the same keys)."""
+  keys = [jax.random.fold_in(jax.random.key(s), purpose) for s in seeds]
+  return keys[0] if len(keys) == 1 else jax.numpy.stack(keys)
+
+
+def one_replica(run: Run, host_state, k: int):
+  """(run, stacked host state) -> the one-seed run and state of replica k (eval.py --seed_index)."""
+  if not 0 <= k < run.num_replicas:
+    raise ValueError(f"--seed_index={k}: the run has {run.num_replicas} replica(s) (config.num_seeds), "
+                     f"indices 0..{run.num_replicas - 1}")
+  if run.num_replicas == 1:
+    return run, host_state
+  return (dataclasses.replace(run, seeds=(run.seeds[k],), state=replicas.select_state(run.state, k)),
+          replicas.select_state(host_state, k))
 
 
 def check_init_from(path) -> None:
@@ -79,8 +104,9 @@ def check_init_from(path) -> None:
 
 
 def train_key(run: Run):
-  """The key every training step folds its step number into (training/step.py)."""
-  return jax.random.fold_in(jax.random.key(run.config.seed), 1)
+  """The key every training step folds its step number into (training/step.py); (K,) keys, one per
+  replica's seed, with config.num_seeds = K > 1."""
+  return _seed_keys(run.seeds, 1)
 
 
 def compile_train_step(run: Run):
@@ -89,24 +115,25 @@ def compile_train_step(run: Run):
   c = run.config
   step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
                                   label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
+  if run.num_replicas > 1:
+    step = replicas.vmap_train_step(step, run.state)
   return run.par.compile(step, num_args=4, broadcast_last=True)
 
 
 def compile_eval_step(run: Run, confusion: bool = False):
   """(state, data, batch) -> summed loss, correct and count (and the confusion matrix)."""
   step = step_lib.make_eval_step(run.family.model_inputs, run.tasks, confusion)
+  if run.num_replicas > 1:
+    step = replicas.vmap_eval_step(step, run.state)
   return run.par.compile(step, num_args=3, donate_first=False)
 
 
 def pretrained_state(run: Run, path) -> state_lib.TrainState:
   """run.state with pretrained weights and a fresh optimizer state for them. `path`: a
   vision_transformer-style .npz, or a workdir of ours (its best checkpoint, else its latest). Position
-  embeddings are resized to this run's grid; a head for another class count stays fresh."""
+  embeddings are resized to this run's grid; a head for another class count stays fresh (each replica's
+  own fresh head, with config.num_seeds > 1: every replica starts from the same pretrained weights)."""
   check_init_from(path)
-  h, w = run.dataset.image_shape[:2]
-  p = run.model.patch_size
-  n = run.state.params["patch_embed"].get("posemb", {}).get("pos_embedding", np.zeros((1, 1))).shape[1]
-  grid = pretrained.grid_shape(n, like=(h // p, w // p))
   src = pathlib.Path(path).expanduser()
   if src.is_dir():
     ckpt = ckpt_lib.Checkpointer(src, read_only=True)
@@ -115,15 +142,34 @@ def pretrained_state(run: Run, path) -> state_lib.TrainState:
       raise FileNotFoundError(f"config.init_from={str(path)!r}: no checkpoints in {ckpt.directory}")
     saved = ckpt.restore_saved(step)["params"]
     ckpt.close()
-    params = pretrained.params_from_checkpoint(saved, run.state.params, grid)
+    convert = lambda target, grid: pretrained.params_from_checkpoint(saved, target, grid)
   else:
-    params = pretrained.vit_params_from_npz(pretrained.load_npz(src), run.state.params, grid)
-  return run.state.replace(params=params, opt_state=run.state.tx.init(params))
+    weights = pretrained.load_npz(src)
+    convert = lambda target, grid: pretrained.vit_params_from_npz(weights, target, grid)
+  if run.num_replicas == 1:
+    params = convert(run.state.params, _pretrained_grid(run, run.state.params))
+    return run.state.replace(params=params, opt_state=run.state.tx.init(params))
+  targets = [replicas.select_state(run.state, k).params for k in range(run.num_replicas)]
+  params = replicas.stack([convert(t, _pretrained_grid(run, t)) for t in targets])
+  return run.state.replace(params=params, opt_state=jax.jit(jax.vmap(run.state.tx.init))(params))
+
+
+def _pretrained_grid(run: Run, params) -> tuple[int, int]:
+  """The position-embedding grid of this run's model (one replica's params)."""
+  h, w = run.dataset.image_shape[:2]
+  p = run.model.patch_size
+  n = params["patch_embed"].get("posemb", {}).get("pos_embedding", np.zeros((1, 1))).shape[1]
+  return pretrained.grid_shape(n, like=(h // p, w // p))
 
 
 def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.TrainState:
   target = jax.device_get(ckpt_lib.state_to_save(run.state))
-  restored = ckpt.restore(step, target)
+  try:
+    restored = ckpt.restore(step, target)
+  except ckpt_lib.CheckpointMismatch as e:
+    raise ckpt_lib.CheckpointMismatch(
+        f"{e}. (This config trains {run.num_replicas} replica(s), config.num_seeds={run.num_replicas}: a "
+        f"workdir must be resumed and evaluated with the num_seeds it was trained with.)") from e
   return run.state.replace(step=int(restored["step"]), params=restored["params"],
                            opt_state=restored["opt_state"], batch_stats=restored["batch_stats"])
 
@@ -139,13 +185,15 @@ def start_state(run: Run, ckpt: ckpt_lib.Checkpointer) -> state_lib.TrainState:
 
 
 def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
-  ds, par, m = run.dataset, run.par, run.config.model
+  ds, par, m, k = run.dataset, run.par, run.config.model, run.num_replicas
+  params = state_lib.count_params(run.state.params) // k
   return [
       f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
       f"parallel={par.mode}",
-      f"batch: global {run.config.batch_size}, per device {run.per_device_batch}",
-      f"model: {run.family.description()}, {state_lib.count_params(run.state.params):,} parameters, "
-      f"dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
+      f"batch: global {run.config.batch_size}, per device {run.per_device_batch}" + (
+          f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step" if k > 1 else ""),
+      f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
+      f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
       f"{ds.num_classes} classes",
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",

@@ -96,11 +96,21 @@ def make_optimizer(optim_cfg, schedule: optax.Schedule) -> optax.GradientTransfo
 
 def create_state(model, tx, key: jax.Array, image_shape, init_inputs=None) -> TrainState:
   """Initialises parameters on the default device from a dummy batch of one image (or `init_inputs`,
-  a tuple of arrays for models that take other inputs, e.g. IPS's patches and positions)."""
+  a tuple of arrays for models that take other inputs, e.g. IPS's patches and positions).
+
+  key: one key -> one state; or keys (K,) -> K replicas stacked on a leading axis of every array
+  (parameters, optimizer state, batch statistics; training/replicas.py), replica k initialised exactly
+  as one state from keys[k]. The step counter is a shared scalar either way."""
   inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
-  variables = jax.jit(lambda k: model.init(k, *inputs, train=False))(key)
-  return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                           batch_stats=variables.get("batch_stats", {}))
+  init = lambda k: model.init(k, *inputs, train=False)
+  if key.ndim == 0:
+    variables = jax.jit(init)(key)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
+                             batch_stats=variables.get("batch_stats", {}))
+  variables = jax.jit(jax.vmap(init))(key)
+  params = variables["params"]
+  return TrainState(step=0, apply_fn=model.apply, params=params, tx=tx,
+                    opt_state=jax.jit(jax.vmap(tx.init))(params), batch_stats=variables.get("batch_stats", {}))
 
 
 def count_params(params) -> int:

@@ -106,8 +106,11 @@ def make_train_step(model_inputs, tasks, schedule, *, label_smoothing: float = 0
     }
     if skip_nonfinite:
       ok = jnp.isfinite(jax.lax.pmean(loss, AXIS)) & jnp.isfinite(grad_norm)
-      kept = state.replace(step=state.step + 1)
-      new_state = jax.tree.map(lambda new, old: jnp.where(ok, new, old), new_state, kept)
+      # The step counter advances either way (it is shared by the replicas of a multi-seed run).
+      keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+      new_state = new_state.replace(params=keep(new_state.params, state.params),
+                                    opt_state=keep(new_state.opt_state, state.opt_state),
+                                    batch_stats=keep(new_state.batch_stats, state.batch_stats))
       metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
     return new_state, jax.lax.pmean(metrics, AXIS)
 

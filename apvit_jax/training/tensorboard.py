@@ -1,9 +1,10 @@
 """A light TensorBoard scalar writer: event files in TensorBoard's format without TensorFlow.
 
 An event file is a sequence of TFRecords (length, masked CRC32-C of the length, payload, masked CRC32-C of
-the payload); each payload is an `Event` protocol buffer. We write only the two kinds TensorBoard needs
-for curves: the file-version event and scalar summaries (Event{wall_time, step, summary{value{tag,
-simple_value}}}), encoded by hand (a few varints), so nothing beyond the standard library is needed.
+the payload); each payload is an `Event` protocol buffer. We write only what TensorBoard needs for
+curves: the file-version event, scalar summaries (Event{wall_time, step, summary{value{tag,
+simple_value}}}) and, for multi-seed runs, a Custom Scalars layout that draws each mean with a band of
+one standard deviation; encoded by hand (a few varints), so nothing beyond the standard library is needed.
 
   tensorboard --logdir WORKDIR/tensorboard
 """
@@ -72,6 +73,25 @@ def encode_event(wall_time: float, step: int, *, file_version: str | None = None
   return event
 
 
+def encode_margin_layout(wall_time: float, charts: list[tuple[str, str, str]]) -> bytes:
+  """An Event holding a Custom Scalars layout with one margin chart (a value line in a band) per
+  (value, lower, upper) tag triple, in one category.
+
+  Summary.Value: 1 tag "custom_scalars__config__", 9 metadata (SummaryMetadata: 1 plugin_data (PluginData:
+  1 plugin_name "custom_scalars")), 8 tensor (TensorProto: 1 dtype DT_STRING = 7, 2 tensor_shape (scalar),
+  8 string_val: the Layout). Layout: 2 category (Category: 1 title, 2 chart (Chart: 1 title, 3 margin
+  (MarginChartContent: 1 series (Series: 1 value, 2 lower, 3 upper))))."""
+  text = lambda number, value: _field(number, 2, value.encode())
+  chart = lambda value, lower, upper: _field(2, 2, text(1, value) + _field(3, 2, _field(1, 2, (
+      text(1, value) + text(2, lower) + text(3, upper)))))
+  layout = _field(2, 2, text(1, "mean ± sd over seeds") + b"".join(chart(*c) for c in charts))
+  tensor = _field(1, 0, _varint(7)) + _field(2, 2, b"") + _field(8, 2, layout)
+  metadata = _field(1, 2, text(1, "custom_scalars"))
+  value = text(1, "custom_scalars__config__") + _field(9, 2, metadata) + _field(8, 2, tensor)
+  event = _field(1, 1, struct.pack("<d", wall_time)) + _field(2, 0, _varint(0))
+  return event + _field(5, 2, _field(1, 2, value))
+
+
 def record(payload: bytes) -> bytes:
   length = struct.pack("<Q", len(payload))
   return length + struct.pack("<I", masked_crc32c(length)) + payload + struct.pack("<I", masked_crc32c(payload))
@@ -91,3 +111,9 @@ class EventWriter:
   def scalars(self, step: int, values: dict[str, float]) -> None:
     with open(self.path, "ab") as f:
       f.write(record(encode_event(time.time(), step, scalars=values)))
+
+  def margin_layout(self, charts: list[tuple[str, str, str]]) -> None:
+    """(value, lower, upper) tag triples drawn as bands in the Custom Scalars tab (the latest layout of
+    a run is the one shown)."""
+    with open(self.path, "ab") as f:
+      f.write(record(encode_margin_layout(time.time(), charts)))

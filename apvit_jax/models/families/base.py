@@ -28,6 +28,10 @@ class Family:
     """Raises, naming the field, when the model cannot be built for images of this shape (no compilation)."""
     raise NotImplementedError
 
+  def check_replicas(self, num_seeds: int) -> None:
+    """Raises, naming the field, when config.num_seeds > 1 replicas cannot share one compiled step (no
+    compilation). Default: they can (every step's work is inside the compiled step)."""
+
   def tasks(self, task_spec: dict, dataset_name: str) -> tuple:
     """The trained tasks ((name, num_classes, "softmax" | "sigmoid"), ...) from the dataset's
     {task: (num_classes, activation)}. Default: exactly one task, the dataset's."""

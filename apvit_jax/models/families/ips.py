@@ -38,6 +38,12 @@ class IPSFamily(Family):
     if c.dim % 2 and c.use_pos:
       raise ValueError(f"model.ips.dim={c.dim} must be even for the sinusoidal position code")
 
+  def check_replicas(self, num_seeds: int) -> None:
+    if self.model_cfg.ips.loading == "lazy":
+      raise ValueError(f"config.num_seeds={num_seeds} trains the replicas in one compiled step, but "
+                       f"model.ips.loading='lazy' selects each replica's patches on the host outside it: use "
+                       f"loading 'eager' or 'eager_sequential', or one seed per run")
+
   def tasks(self, task_spec: dict, dataset_name: str) -> tuple:
     wanted = [t.strip() for t in self.model_cfg.ips.tasks.split(",") if t.strip()]
     unknown = [t for t in wanted if t not in task_spec]
