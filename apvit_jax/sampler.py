@@ -166,26 +166,57 @@ def _sample_masked(images, grid, padding_mode, align_corners):
   return out.reshape(*out_shape, c).astype(images.dtype)
 
 
+def _fold_vmapped_axis(fn):
+  """fn(*arrays) -> array or tuple of arrays, where every argument and output has a leading axis whose
+  entries fn treats independently and in order: the batch of images, or the flat samples of those images,
+  image-major. Under jax.vmap (the replicas of a multi-seed run), the vmapped axis is folded into that
+  leading axis, so fn runs once on K*B images: XLA:CPU runs a batched gather or scatter several times
+  slower than the 1-D ones fn is written with. Unbatched arguments are broadcast first."""
+  folded = jax.custom_batching.custom_vmap(fn)
+
+  @folded.def_vmap
+  def rule(axis_size, in_batched, *args):
+    args = [x if batched else jnp.broadcast_to(x, (axis_size, *x.shape)) for x, batched in zip(args, in_batched)]
+    out = folded(*(x.reshape(-1, *x.shape[2:]) for x in args))
+    return (jax.tree.map(lambda y: y.reshape(axis_size, -1, *y.shape[1:]), out),
+            jax.tree.map(lambda _: True, out))
+  return folded
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _grid_sample_fused_vjp(images, grid, padding_mode, align_corners):
   # Called without differentiation: the masked gathers (no padded copy of the image) are fastest.
-  return _sample_masked(images, grid, padding_mode, align_corners)
+  return _fold_vmapped_axis(lambda i, g: _sample_masked(i, g, padding_mode, align_corners))(images, grid)
 
 
 def _forward_keeping_corners(images, grid, padding_mode, align_corners):
-  """The forward under differentiation: reads the image padded by one zero pixel, so every corner is an
-  in-bounds read and the backward's scatter-add needs no mask; keeps the per-sample corners."""
+  """The forward under differentiation (see _forward_keeping_corners_folded)."""
+  out, *residuals = _fold_vmapped_axis(functools.partial(_forward_keeping_corners_folded, padding_mode,
+                                                         align_corners))(images, grid)
+  return out, tuple(residuals)
+
+
+def _backward_from_corners(padding_mode, align_corners, residuals, cotangent):
+  """The backward (see _backward_from_corners_folded)."""
+  return _fold_vmapped_axis(functools.partial(_backward_from_corners_folded, padding_mode, align_corners))(
+      *residuals, cotangent)
+
+
+def _forward_keeping_corners_folded(padding_mode, align_corners, images, grid):
+  """Reads the image padded by one zero pixel, so every corner is an in-bounds read and the backward's
+  scatter-add needs no mask; keeps the per-sample corners. -> (out, images, grid, top_left, wx, wy, dx,
+  dy): the residuals flat, every array with a leading image (or image-major sample) axis."""
   b, h, w, c = images.shape
   g = grid.reshape(-1, 2).astype(_coord_dtype(grid))
   corners = _corners(g, b, h, w, padding_mode, align_corners)
   top_left, wx, wy = corners[:3]
   values = _gather_corners(_pad_flat(images), top_left, w)
   out = _blend(values, wx, wy, _blend_dtype(images, g))
-  return out.reshape(*grid.shape[:-1], c).astype(images.dtype), (images, grid, corners)
+  return (out.reshape(*grid.shape[:-1], c).astype(images.dtype), images, grid, *corners)
 
 
-def _backward_from_corners(padding_mode, align_corners, residuals, cotangent):
-  images, grid, (top_left, wx, wy, dx, dy) = residuals
+def _backward_from_corners_folded(padding_mode, align_corners, images, grid, top_left, wx, wy, dx, dy,
+                                  cotangent):
   b, h, w, c = images.shape
   acc = _blend_dtype(images, wx)
   ct = cotangent.reshape(-1, c).astype(acc)

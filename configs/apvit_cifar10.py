@@ -23,7 +23,7 @@ Measured: not yet (no GPU was available to this task); the target is > 92 % with
 Smoke: --config=configs/apvit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

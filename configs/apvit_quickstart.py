@@ -12,7 +12,7 @@ Measured on 2 CPU cores: 91.50 % test accuracy after 12 epochs in 308 s (412 ima
 Smoke: --config=configs/apvit_quickstart.py:smoke (a few steps, seconds).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

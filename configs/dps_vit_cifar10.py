@@ -27,7 +27,7 @@ available to this task).
 Smoke: --config=configs/dps_vit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def smoke(c):

@@ -17,7 +17,7 @@ per step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=step
 Smoke: --config=configs/ips_megapixel_mnist.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

@@ -8,7 +8,7 @@ lr 1e-3, 10 epochs. Not yet measured here (no GPU in the session that wrote this
 Smoke: --config=configs/ips_mnist_toy.py:smoke (builtin digits at 100x100, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

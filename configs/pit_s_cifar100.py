@@ -8,7 +8,7 @@ Measured: not yet (no GPU was available to this task).
 Smoke: --config=configs/pit_s_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

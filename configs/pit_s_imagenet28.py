@@ -11,7 +11,7 @@ Measured: not yet (no ImageNet and no GPU here).
 Smoke: --config=configs/pit_s_imagenet28.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

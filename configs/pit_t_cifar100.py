@@ -16,7 +16,7 @@ available to this task). For memory, --config.model.remat=True recomputes activa
 Smoke: --config=configs/pit_t_cifar100.py:smoke (tiny model on 16×16 built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

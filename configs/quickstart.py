@@ -9,7 +9,7 @@ repeated runs; about 2 minutes on 2 CPU cores.
 Smoke: --config=configs/quickstart.py:smoke (a few steps, seconds).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

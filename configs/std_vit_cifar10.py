@@ -16,7 +16,7 @@ best / 71.30 % final. Ours: not measured yet (no GPU was available to this task)
 Smoke: --config=configs/std_vit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

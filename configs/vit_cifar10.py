@@ -13,7 +13,7 @@ measured yet. On 2 CPU cores this model is far too slow to train; use configs/qu
 Smoke: --config=configs/vit_cifar10.py:smoke (tiny model, a few steps on the built-in digits, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
-from configs import recipes
+from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):

@@ -211,3 +211,32 @@ def test_grid_sample_check_grads_float64():
     for padding_mode in ("zeros", "border"):
       f = lambda im, g: sampler.grid_sample(im, g, padding_mode=padding_mode)
       check_grads(f, (images, grid), order=1, modes=["rev"], eps=1e-6, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("shared_images", [False, True])
+def test_vmapped_sampler_equals_one_call_per_replica(shared_images):
+  """Under jax.vmap (num_seeds replicas) the sampler folds the vmapped axis into its batch axis: values and
+  both gradients equal one call per replica, with the images batched or shared by the replicas."""
+  rng = np.random.default_rng()
+  k, b, h, w, c, n, p = 3, 2, 13, 11, 3, 4, 5
+  images = jnp.asarray(rng.normal(size=(b, h, w, c) if shared_images else (k, b, h, w, c)), jnp.float32)
+  theta = jnp.asarray(random_theta(rng, (k, b, n)))
+  cotangent = jnp.asarray(rng.normal(size=(k, b, n, p, p, c)), jnp.float32)
+
+  def value_and_grads(im, th, ct):
+    f = lambda im, th: sampler.sample_patches(im, th, p)
+    out, pullback = jax.vjp(f, im, th)
+    return (out, *pullback(ct))
+
+  batched = jax.jit(jax.vmap(value_and_grads, in_axes=(None if shared_images else 0, 0, 0)))(
+      images, theta, cotangent)
+  for r in range(k):
+    one = jax.jit(value_and_grads)(images if shared_images else images[r], theta[r], cotangent[r])
+    for name, got, want in zip(("value", "image grad", "theta grad"), batched, one):
+      np.testing.assert_allclose(np.asarray(got[r]), np.asarray(want), rtol=1e-6, atol=1e-6, err_msg=name)
+  # Without gradients (evaluation: the masked-gather forward) as well.
+  evaluate = lambda im, th: sampler.sample_patches(im, th, p)
+  eval_batched = jax.jit(jax.vmap(evaluate, in_axes=(None if shared_images else 0, 0)))(images, theta)
+  for r in range(k):
+    one = jax.jit(evaluate)(images if shared_images else images[r], theta[r])
+    np.testing.assert_allclose(np.asarray(eval_batched[r]), np.asarray(one), rtol=1e-6, atol=1e-6)

@@ -21,7 +21,7 @@ from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p for p in (ROOT / "configs").glob("*.py") if p.name not in ("__init__.py", "recipes.py"))
+CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
 
 def load_config(name, arg="smoke"):

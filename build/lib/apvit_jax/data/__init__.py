@@ -1,0 +1,1 @@
+"""Data: sources (tfds, raw files, built-in), on-device augmentation, deterministic batch order."""

@@ -1,0 +1,1 @@
+"""Models: the one ViT encoder and the front-ends that feed it."""

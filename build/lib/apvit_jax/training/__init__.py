@@ -1,0 +1,1 @@
+"""Training: state and optimizer, per-device steps, parallel wrappers, checkpoints, the loop."""

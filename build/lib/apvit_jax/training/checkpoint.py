@@ -1,0 +1,144 @@
+"""Checkpoints through orbax's CheckpointManager: the latest and the best-by-eval-accuracy steps are
+kept, saves are asynchronous, and re-running the same command resumes from the latest one."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+METRIC = "accuracy"
+
+
+def ranked_accuracy(metrics: dict) -> float:
+  """What ranks a checkpoint as best: its test accuracy, or the replicas' mean accuracy (num_seeds > 1:
+  one checkpoint holds every replica)."""
+  return metrics[METRIC] if METRIC in metrics else metrics[METRIC + "_mean"]
+
+
+class CheckpointMismatch(ValueError):
+  """A checkpoint that does not fit the model/optimizer the config builds."""
+
+
+class CheckpointCorrupt(ValueError):
+  """A checkpoint whose files cannot be read back (truncated, overwritten, half-copied)."""
+
+
+class CheckpointWriteError(OSError):
+  """A save that the file system refused (disk full, quota, permissions); earlier checkpoints are kept."""
+
+
+def _os_error_in(e: BaseException) -> OSError | None:
+  """The OSError behind an exception (orbax may re-raise a writer thread's error wrapped)."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    if isinstance(e, OSError):
+      return e
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return None
+
+
+# How orbax/tensorstore/json report unreadable bytes, as opposed to a structure that does not fit.
+_CORRUPTION_SIGNS = ("DATA_LOSS", "OUT_OF_RANGE", "Error decoding", "is not valid for value of size",
+                     "Unterminated string", "Expecting value", "Expecting ',' delimiter")
+
+
+def state_to_save(state) -> dict:
+  """The parts of a TrainState that a checkpoint holds (functions and static fields are rebuilt)."""
+  step = state.step if isinstance(state.step, jax.Array) else np.asarray(state.step, np.int64)
+  return {"step": step,
+          "params": state.params, "opt_state": state.opt_state, "batch_stats": state.batch_stats}
+
+
+class Checkpointer:
+  def __init__(self, workdir: str | pathlib.Path, *, async_save: bool = True, read_only: bool = False,
+               keep_latest: int = 1):
+    self.directory = pathlib.Path(workdir).expanduser().resolve() / "checkpoints"
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policies.AnyPreservationPolicy([
+            policies.LatestN(keep_latest),
+            policies.BestN(get_metric_fn=ranked_accuracy, n=1)]),
+        best_fn=ranked_accuracy, best_mode="max",
+        enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def best_step(self) -> int | None:
+    return self.manager.best_step()
+
+  def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
+    """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" (or "accuracy_mean") to
+    rank as best. A save the file system refuses raises CheckpointWriteError (here, or from `wait` for an
+    asynchronous one)."""
+    try:
+      self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
+                        metrics=metrics, force=True)
+    except Exception as e:
+      self._raise_write_error(e, step)
+      raise
+
+  def _raise_write_error(self, e: BaseException, step) -> None:
+    os_error = _os_error_in(e)
+    if os_error is not None:
+      kept = [s for s in self.manager.all_steps() if s != step]   # listed only when a save failed
+      raise CheckpointWriteError(
+          os_error.errno, f"saving checkpoint step {step} in {self.directory} failed: "
+          f"{os_error.strerror or os_error}. The run stopped; the earlier checkpoints (steps {list(kept)}) are "
+          f"kept. Free space (or fix the directory), then run the same command to resume") from e
+
+  def restore(self, step: int, target: dict) -> dict:
+    """Restores `step` into the structure of `target` (a NumPy tree), checking every shape."""
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}; "
+                              f"available: {self.manager.all_steps()}")
+    try:
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
+    except (ValueError, KeyError, TypeError) as e:
+      if any(sign in str(e) for sign in _CORRUPTION_SIGNS):
+        others = [s for s in self.manager.all_steps() if s != step]
+        raise CheckpointCorrupt(
+            f"checkpoint {self.directory}/{step} is corrupted or truncated and cannot be read "
+            f"({str(e).splitlines()[0][:300]}). Nothing was changed; move that step's folder aside to resume "
+            f"from another step (available: {others}), or use a new workdir") from e
+      raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not match the model the "
+                               f"config builds: {e}") from e
+    mismatched = []
+    def check(path, want, got):
+      if np.shape(want) != np.shape(got):
+        mismatched.append(f"{jax.tree_util.keystr(path)}: checkpoint {np.shape(got)} vs model "
+                          f"{np.shape(want)}")
+    jax.tree_util.tree_map_with_path(check, target, restored)
+    if mismatched:
+      raise CheckpointMismatch(f"checkpoint {self.directory}/{step} does not match the model the config "
+                               f"builds ({len(mismatched)} arrays differ), e.g. " + "; ".join(mismatched[:3]))
+    return restored
+
+  def restore_saved(self, step: int) -> dict:
+    """Step `step` as saved (NumPy arrays in the saved shapes), without a target structure."""
+    if step not in self.manager.all_steps():
+      raise FileNotFoundError(f"no checkpoint for step {step} in {self.directory}")
+    return self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+
+  def wait(self) -> None:
+    """Until the asynchronous save in flight is written (raises CheckpointWriteError if it failed)."""
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:
+      self._raise_write_error(e, "in flight")
+      raise
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+def has_checkpoints(workdir) -> bool:
+  """Whether WORKDIR/checkpoints holds a finished step (orbax names them by number; unfinished saves
+  carry a temporary suffix). Reads nothing else and creates nothing."""
+  directory = pathlib.Path(workdir).expanduser() / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())

@@ -1,0 +1,102 @@
+"""Several seeds in one program (config.num_seeds = K > 1): K independent replicas of the parameters,
+optimizer state and batch statistics, stacked on a leading axis and trained by one compiled step that
+vmaps the per-replica step (training/step.py) inside pmap or shard_map.
+
+Replica k is the run with seed config.seed + k: its initialisation, data order, augmentation and dropout
+come from that seed exactly as in a one-seed run, so replica k equals `--config.seed=SEED+k` (to float32
+rounding of the batched arithmetic).
+
+Layouts with K > 1:
+  state:        every array (K, ...), except the step counter, a shared scalar;
+  train batch:  every leaf (b, K, ...): the replica axis second, so the devices still split axis 0;
+  eval batch:   shared by the replicas (no replica axis);
+  train key:    (K,) keys;
+  metrics:      (K, ...) per replica, written as NAME/seedS, NAME_mean and NAME_sd (sample sd, ddof=1).
+K = 1 uses none of this: state, checkpoints and records are those of a one-seed run.
+"""
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+# Metrics that are the same for every replica: written once, under their own name.
+SHARED = ("lr", "count", "epoch", "images_per_sec")
+
+
+def seeds(config) -> tuple[int, ...]:
+  """The replicas' seeds: config.seed, config.seed + 1, ..., config.seed + num_seeds - 1."""
+  if config.seed + config.num_seeds - 1 > 2 ** 31 - 1:
+    raise ValueError(f"config.seed={config.seed} + config.num_seeds={config.num_seeds} - 1 must be < 2**31")
+  return tuple(config.seed + k for k in range(config.num_seeds))
+
+
+def state_axes(state):
+  """vmap axes of a stacked TrainState: 0 for every array, None for the shared step counter."""
+  return state.replace(step=None, params=0, opt_state=0, batch_stats=0)
+
+
+def vmap_train_step(train_step, state):
+  """train_step(state, data, batch, key) per replica -> the same over K replicas (see the layouts)."""
+  axes = state_axes(state)
+  return jax.vmap(train_step, in_axes=(axes, None, 1, 0), out_axes=(axes, 0))
+
+
+def vmap_eval_step(eval_step, state):
+  """eval_step(state, data, batch) per replica -> sums with a leading K axis; the batch is shared."""
+  return jax.vmap(eval_step, in_axes=(state_axes(state), None, None), out_axes=0)
+
+
+def stack(trees, axis: int = 0):
+  """Equal-structured trees -> one tree whose leaves gain a replica axis at `axis`."""
+  return jax.tree.map(lambda *xs: np.stack([np.asarray(x) for x in xs], axis), *trees)
+
+
+def select_state(state, k: int):
+  """Replica k of a stacked TrainState: a one-seed state (the step counter is shared)."""
+  pick = lambda tree: jax.tree.map(lambda x: x[k], tree)
+  return state.replace(params=pick(state.params), opt_state=pick(state.opt_state),
+                       batch_stats=pick(state.batch_stats))
+
+
+def per_replica(metrics: dict, num: int) -> dict:
+  """Device metrics -> NumPy arrays with a leading replica axis (added when num == 1); float64."""
+  def one(v):
+    v = np.asarray(v)
+    v = v.astype(np.float64) if v.dtype.kind == "f" else v
+    return v[None] if num == 1 else v
+  return {name: one(v) for name, v in metrics.items()}
+
+
+def _plain(x):
+  x = np.asarray(x)
+  return x.item() if x.ndim == 0 else x.tolist()
+
+
+def summarize(values: dict, seed_list) -> dict:
+  """{name: (K, ...) per replica} -> a record. One seed: {name: value}, exactly a one-seed run's record.
+  Several: SHARED names once; for float scalars NAME_mean and NAME_sd over the replicas; and every value
+  per replica as NAME/seedS."""
+  if len(seed_list) == 1:
+    return {name: _plain(np.asarray(v)[0]) for name, v in values.items()}
+  out, each = {}, {}
+  for name, v in values.items():
+    v = np.asarray(v)
+    if name in SHARED:
+      out[name] = _plain(v[0])
+      continue
+    if v.ndim == 1 and v.dtype.kind == "f":
+      out[f"{name}_mean"], out[f"{name}_sd"] = float(v.mean()), float(v.std(ddof=1))
+    each.update({f"{name}/seed{s}": _plain(x) for s, x in zip(seed_list, v)})
+  return {**out, **each}
+
+
+def mean_value(record: dict, name: str):
+  """A record's headline value of `name`: itself (one seed) or NAME_mean (several)."""
+  return record[name] if name in record else record[f"{name}_mean"]
+
+
+def seed_values(record: dict, name: str, seed_list) -> list:
+  """A record's values of `name`, one per replica, in seed order."""
+  if len(seed_list) == 1:
+    return [record[name]]
+  return [record[f"{name}/seed{s}"] for s in seed_list]

@@ -1,0 +1,201 @@
+"""Building a run: config -> data, model family, model, optimizer and initial state, all validated
+before any compilation; then where training starts (a checkpoint to resume, pretrained weights, or
+the fresh state), and the compiled steps. The config is read, never written: what is derived from the
+data (the class count, the tasks) travels on the Run."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import pathlib
+
+import jax
+import numpy as np
+
+from apvit_jax.config_checks import check_config
+from apvit_jax.data import sources
+from apvit_jax.models.families.base import Family
+from apvit_jax.models import pretrained, registry
+from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import parallel, replicas, state as state_lib, step as step_lib
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything a training or evaluation run is built from."""
+  config: object
+  dataset: sources.Dataset
+  par: parallel.Parallel
+  family: Family
+  tasks: tuple               # ((name, num_classes, "softmax" | "sigmoid"), ...)
+  model: object
+  schedule: object
+  state: state_lib.TrainState  # host/default-device copy, not yet replicated
+  steps_per_epoch: int
+  total_steps: int
+  per_device_batch: int
+  seeds: tuple               # (config.seed,), or one per replica with config.num_seeds > 1
+
+  @property
+  def num_replicas(self) -> int:
+    return len(self.seeds)
+
+  @functools.cached_property
+  def host_inputs(self):
+    """The family's host-side step on each batch (IPS lazy loading), built once per run; or None."""
+    return self.family.host_inputs(self.model, self.par.local_devices[0])
+
+
+def setup(config, *, for_training: bool = True, resuming: bool = False, devices=None) -> Run:
+  """config -> Run. `resuming`: the workdir holds checkpoints, so config.init_from is not read."""
+  check_config(config)
+  parallel.maybe_initialize_distributed(config.distributed)
+  par = parallel.Parallel(config.parallel, devices)
+  per_device = par.check_batch(config.batch_size)
+  dataset = sources.load(config.data)
+  family = registry.family(config.model, config.augment)
+  tasks = family.tasks(dataset.task_spec, dataset.name)
+  family.check(dataset.image_shape)
+  seeds = replicas.seeds(config)
+  if len(seeds) > 1:
+    family.check_replicas(len(seeds))
+  if config.num_classes and config.num_classes != dataset.num_classes:
+    raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
+                     f"{dataset.num_classes} classes")
+  steps_per_epoch = len(dataset.train) // config.batch_size
+  if steps_per_epoch == 0:
+    raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
+                     f"({len(dataset.train)} examples)")
+  total_steps = config.total_steps or int(config.num_epochs * steps_per_epoch)
+  if for_training and total_steps <= 0:
+    raise ValueError("nothing to train: set num_epochs or total_steps > 0")
+  if for_training and not resuming and config.init_from:
+    check_init_from(config.init_from)
+  model = family.build(dataset.num_classes, tasks)
+  schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
+  tx = state_lib.make_optimizer(config.optim, schedule)
+  state = state_lib.create_state(model, tx, _seed_keys(seeds, 0), dataset.image_shape,
+                                 family.init_inputs(dataset.image_shape))
+  return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
+             per_device, seeds)
+
+
+def _seed_keys(seeds, purpose: int):
+  """fold_in(key(seed), purpose): one key for one seed, (K,) keys for K replicas (the same keys)."""
+  keys = [jax.random.fold_in(jax.random.key(s), purpose) for s in seeds]
+  return keys[0] if len(keys) == 1 else jax.numpy.stack(keys)
+
+
+def one_replica(run: Run, host_state, k: int):
+  """(run, stacked host state) -> the one-seed run and state of replica k (eval.py --seed_index)."""
+  if not 0 <= k < run.num_replicas:
+    raise ValueError(f"--seed_index={k}: the run has {run.num_replicas} replica(s) (config.num_seeds), "
+                     f"indices 0..{run.num_replicas - 1}")
+  if run.num_replicas == 1:
+    return run, host_state
+  return (dataclasses.replace(run, seeds=(run.seeds[k],), state=replicas.select_state(run.state, k)),
+          replicas.select_state(host_state, k))
+
+
+def check_init_from(path) -> None:
+  src = pathlib.Path(path).expanduser()
+  if not (src.is_file() or (src / "checkpoints").is_dir()):
+    raise FileNotFoundError(f"config.init_from={str(path)!r}: neither a .npz file nor a workdir with "
+                            f"checkpoints/")
+
+
+def train_key(run: Run):
+  """The key every training step folds its step number into (training/step.py); (K,) keys, one per
+  replica's seed, with config.num_seeds = K > 1."""
+  return _seed_keys(run.seeds, 1)
+
+
+def compile_train_step(run: Run):
+  """The compiled train step of this run: (state, data, batch, train_key) -> (state, metrics), as
+  train.py, the benchmarks and the tests run it."""
+  c = run.config
+  step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
+                                  label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
+  if run.num_replicas > 1:
+    step = replicas.vmap_train_step(step, run.state)
+  return run.par.compile(step, num_args=4, broadcast_last=True)
+
+
+def compile_eval_step(run: Run, confusion: bool = False):
+  """(state, data, batch) -> summed loss, correct and count (and the confusion matrix)."""
+  step = step_lib.make_eval_step(run.family.model_inputs, run.tasks, confusion)
+  if run.num_replicas > 1:
+    step = replicas.vmap_eval_step(step, run.state)
+  return run.par.compile(step, num_args=3, donate_first=False)
+
+
+def pretrained_state(run: Run, path) -> state_lib.TrainState:
+  """run.state with pretrained weights and a fresh optimizer state for them. `path`: a
+  vision_transformer-style .npz, or a workdir of ours (its best checkpoint, else its latest). Position
+  embeddings are resized to this run's grid; a head for another class count stays fresh (each replica's
+  own fresh head, with config.num_seeds > 1: every replica starts from the same pretrained weights)."""
+  check_init_from(path)
+  src = pathlib.Path(path).expanduser()
+  if src.is_dir():
+    ckpt = ckpt_lib.Checkpointer(src, read_only=True)
+    step = ckpt.best_step() or ckpt.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"config.init_from={str(path)!r}: no checkpoints in {ckpt.directory}")
+    saved = ckpt.restore_saved(step)["params"]
+    ckpt.close()
+    convert = lambda target, grid: pretrained.params_from_checkpoint(saved, target, grid)
+  else:
+    weights = pretrained.load_npz(src)
+    convert = lambda target, grid: pretrained.vit_params_from_npz(weights, target, grid)
+  if run.num_replicas == 1:
+    params = convert(run.state.params, _pretrained_grid(run, run.state.params))
+    return run.state.replace(params=params, opt_state=run.state.tx.init(params))
+  targets = [replicas.select_state(run.state, k).params for k in range(run.num_replicas)]
+  params = replicas.stack([convert(t, _pretrained_grid(run, t)) for t in targets])
+  return run.state.replace(params=params, opt_state=jax.jit(jax.vmap(run.state.tx.init))(params))
+
+
+def _pretrained_grid(run: Run, params) -> tuple[int, int]:
+  """The position-embedding grid of this run's model (one replica's params)."""
+  h, w = run.dataset.image_shape[:2]
+  p = run.model.patch_size
+  n = params["patch_embed"].get("posemb", {}).get("pos_embedding", np.zeros((1, 1))).shape[1]
+  return pretrained.grid_shape(n, like=(h // p, w // p))
+
+
+def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.TrainState:
+  target = jax.device_get(ckpt_lib.state_to_save(run.state))
+  try:
+    restored = ckpt.restore(step, target)
+  except ckpt_lib.CheckpointMismatch as e:
+    raise ckpt_lib.CheckpointMismatch(
+        f"{e}. (This config trains {run.num_replicas} replica(s), config.num_seeds={run.num_replicas}: a "
+        f"workdir must be resumed and evaluated with the num_seeds it was trained with.)") from e
+  return run.state.replace(step=int(restored["step"]), params=restored["params"],
+                           opt_state=restored["opt_state"], batch_stats=restored["batch_stats"])
+
+
+def start_state(run: Run, ckpt: ckpt_lib.Checkpointer) -> state_lib.TrainState:
+  """Where training starts: the latest checkpoint, else config.init_from's weights, else run.state."""
+  latest = ckpt.latest_step()
+  if latest is not None:
+    return restore(run, ckpt, latest)  # raises before anything in the workdir is written
+  if run.config.init_from:
+    return pretrained_state(run, run.config.init_from)
+  return run.state
+
+
+def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
+  ds, par, m, k = run.dataset, run.par, run.config.model, run.num_replicas
+  params = state_lib.count_params(run.state.params) // k
+  return [
+      f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
+      f"parallel={par.mode}",
+      f"batch: global {run.config.batch_size}, per device {run.per_device_batch}" + (
+          f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step" if k > 1 else ""),
+      f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
+      f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
+      f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
+      f"{ds.num_classes} classes",
+      f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
+      f"workdir: {workdir}",
+  ]
