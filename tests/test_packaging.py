@@ -3,6 +3,7 @@ its console commands apvit-train and apvit-eval train and evaluate from outside 
 the installed copy importable."""
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -16,7 +17,12 @@ def pip(*args, cwd=None):
 
 
 def test_wheel_installs_the_library_and_the_commands(tmp_path):
-  pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(ROOT))
+  # Built from a copy: setuptools writes build/ and *.egg-info/ next to pyproject.toml, not into the checkout.
+  source = tmp_path / "source"
+  shutil.copytree(ROOT / "apvit_jax", source / "apvit_jax", ignore=shutil.ignore_patterns("__pycache__"))
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, source / name)
+  pip("wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path / "dist"), str(source))
   (wheel,) = (tmp_path / "dist").glob("apvit_jax-*.whl")
   names = set(zipfile.ZipFile(wheel).namelist())
   modules = {str(p.relative_to(ROOT)) for p in (ROOT / "apvit_jax").rglob("*.py")}

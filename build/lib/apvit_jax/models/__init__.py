@@ -1,1 +1,0 @@
-"""Models: the one ViT encoder and the front-ends that feed it."""

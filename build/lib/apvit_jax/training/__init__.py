@@ -1,1 +1,0 @@
-"""Training: state and optimizer, per-device steps, parallel wrappers, checkpoints, the loop."""
