@@ -30,6 +30,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.data_dir = ""
   c.data.in_memory = True      # tfds only: False streams from disk (needs image_size)
   c.data.image_size = 0        # tfds streaming: resize + centre crop to this size
+  c.data.skip_bad_examples = False  # streamed data: an unreadable example is replaced by the next readable
+                                    # one and counted (bad_examples in the logs); False: the run stops naming it
   c.data.seed = 0              # cluttered_digits only
   c.data.num_train = 10_000
   c.data.num_test = 2_000

@@ -107,6 +107,7 @@ RULES = {
     "data.name": text(nonempty=True),
     "data.data_dir": text(),
     "data.in_memory": boolean,
+    "data.skip_bad_examples": boolean,
     "data.image_size": size_or_zero,
     "data.seed": integer(0, 2 ** 31 - 1),
     "data.num_train": count,

@@ -104,6 +104,23 @@ def test_cluttered_digits_deterministic():
   assert set(np.unique(a.train.labels)) <= set(range(10)) and len(np.unique(a.train.labels)) > 5
 
 
+def test_bundled_digits_are_scikit_learns_without_importing_it():
+  """The built-in digits read scikit-learn's file directly (importing scikit-learn costs seconds per
+  process): the same arrays as load_digits, and scikit-learn is not imported on the way."""
+  import subprocess
+  import sys
+  from sklearn.datasets import load_digits
+  from apvit_jax.data import builtin
+  images, labels = builtin.bundled_digits()
+  want = load_digits()
+  np.testing.assert_array_equal(images, want.images)
+  np.testing.assert_array_equal(labels, want.target)
+  code = ("import sys; from apvit_jax.data import builtin; builtin.cluttered_digits(num_train=4, num_test=4)\n"
+          "assert 'sklearn' not in sys.modules, 'sklearn was imported'")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+  assert out.returncode == 0, out.stderr[-2000:]
+
+
 def test_tfds_mock():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):

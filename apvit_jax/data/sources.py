@@ -12,7 +12,7 @@
 """
 from __future__ import annotations
 
-from apvit_jax.data import builtin, megapixel, raw, tfds
+from apvit_jax.data import bad_examples, builtin, megapixel, raw, tfds
 from apvit_jax.data.types import DataError, Dataset, Split  # noqa: F401  (the public names)
 
 # Re-exported: the loaders by name, for code that reads a dataset without a config.
@@ -58,10 +58,12 @@ PREFIXED = {
 
 
 def load(data_cfg) -> Dataset:
-  """config.data -> Dataset. Raises DataError/ValueError before anything is compiled."""
+  """config.data -> Dataset. Raises DataError/ValueError before anything is compiled. Streamed splits come
+  wrapped in `bad_examples.GuardedSplit` (an unreadable example: a clear error, or a counted replacement
+  with data.skip_bad_examples)."""
   name = data_cfg.name
   loader = LOADERS.get(name) or next((f for p, f in PREFIXED.items() if name.startswith(p)), None)
   if loader is None:
     raise ValueError(f"unknown dataset name {name!r}; choose from {tuple(LOADERS)}, 'tfds:NAME' or "
                      f"'synthetic:HxWxC:CLASSES'")
-  return loader(data_cfg)
+  return bad_examples.guard(loader(data_cfg), data_cfg.skip_bad_examples)

@@ -47,11 +47,29 @@ class StreamingSplit:
       im = im[top:top + self.image_size, left:left + self.image_size]
     return im, record["label"]
 
+  def where(self, index: int) -> str:
+    """The shard file and record number holding example `index`, where the source can say ("" if not)."""
+    try:
+      from tensorflow_datasets.core.data_sources import base
+      return shard_of(base.file_instructions(self.source.dataset_info, self.source.split), index)
+    except Exception:  # a mock or another kind of source: the caller names the index alone
+      return ""
+
   def get(self, indices):
     # Record reads, JPEG decoding and PIL resizing release the GIL: threads scale over host cores.
     records = list(_decode_pool().map(self._read, indices))
     images = np.stack([im for im, _ in records]).astype(np.uint8)
     return images, np.asarray([label for _, label in records], np.int32)
+
+
+def shard_of(file_instructions, index: int) -> str:
+  """Where example `index` of a split read through tfds file instructions (objects with filename, skip and
+  take, in order) is stored: "file F, record R", or "" if past their end."""
+  for fi in file_instructions:
+    if index < fi.take:
+      return f"file {fi.filename}, record {fi.skip + index}"
+    index -= fi.take
+  return ""
 
 
 @functools.lru_cache(maxsize=1)

@@ -2,7 +2,9 @@
 kept, saves are asynchronous, and re-running the same command resumes from the latest one."""
 from __future__ import annotations
 
+import os
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -31,11 +33,15 @@ class CheckpointWriteError(OSError):
 
 
 def _os_error_in(e: BaseException) -> OSError | None:
-  """The OSError behind an exception (orbax may re-raise a writer thread's error wrapped)."""
+  """The OSError behind an exception: orbax may re-raise a writer thread's error wrapped, and tensorstore
+  reports a failed write as a ValueError ending in "[os_error_code='28']" (ENOSPC)."""
   seen = set()
   while e is not None and id(e) not in seen:
     if isinstance(e, OSError):
       return e
+    code = re.search(r"\[os_error_code='?(\d+)'?\]", str(e))
+    if code:
+      return OSError(int(code.group(1)), os.strerror(int(code.group(1))))
     seen.add(id(e))
     e = e.__cause__ or e.__context__
   return None
@@ -64,6 +70,7 @@ class Checkpointer:
         best_fn=ranked_accuracy, best_mode="max",
         enable_async_checkpointing=async_save, read_only=read_only, create=not read_only)
     self.manager = ocp.CheckpointManager(self.directory, options=options)
+    self._in_flight = None   # the step of the asynchronous save not yet known to be written
 
   def latest_step(self) -> int | None:
     return self.manager.latest_step()
@@ -73,8 +80,11 @@ class Checkpointer:
 
   def save(self, step: int, host_state: dict, metrics: dict | None) -> None:
     """host_state: NumPy tree from `state_to_save`; metrics must hold "accuracy" (or "accuracy_mean") to
-    rank as best. A save the file system refuses raises CheckpointWriteError (here, or from `wait` for an
-    asynchronous one)."""
+    rank as best. A save the file system refuses raises CheckpointWriteError: here, for this save or for
+    the asynchronous one before it (each save first waits for the previous one, as orbax would), or from
+    `wait`."""
+    self.wait()
+    self._in_flight = step
     try:
       self.manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(host_state)),
                         metrics=metrics, force=True)
@@ -85,7 +95,8 @@ class Checkpointer:
   def _raise_write_error(self, e: BaseException, step) -> None:
     os_error = _os_error_in(e)
     if os_error is not None:
-      kept = [s for s in self.manager.all_steps() if s != step]   # listed only when a save failed
+      # Read from the directory: the manager's own list may be empty after a failed finalisation.
+      kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.name != str(step))
       raise CheckpointWriteError(
           os_error.errno, f"saving checkpoint step {step} in {self.directory} failed: "
           f"{os_error.strerror or os_error}. The run stopped; the earlier checkpoints (steps {list(kept)}) are "
@@ -130,8 +141,9 @@ class Checkpointer:
     try:
       self.manager.wait_until_finished()
     except Exception as e:
-      self._raise_write_error(e, "in flight")
+      self._raise_write_error(e, self._in_flight)
       raise
+    self._in_flight = None
 
   def close(self) -> None:
     self.manager.close()

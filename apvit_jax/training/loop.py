@@ -213,6 +213,7 @@ class _Training:
           f"the last good checkpoint, step {self.ckpt.latest_step()} in {self.ckpt.directory}, is kept. Lower "
           f"the learning rate, or set --config.skip_nonfinite_steps=True to skip such steps")
     m = replicas.summarize(m, run.seeds)
+    m.update(_bad_examples(run.dataset.train))
     if self.config.log_efficiency:
       m.update(self.efficiency.measure(self.step, run.par.local_devices[0]))
     self.bar.set_postfix(loss=f"{replicas.mean_value(m, 'loss'):.3f}", refresh=False)
@@ -226,7 +227,8 @@ class _Training:
       return
     self.last_eval = eval_lib.evaluate(run, self.state, self.eval_step, self.test_data, run.dataset.test)
     self.writer.write(self.step, "test", {**self.last_eval, "epoch": round(epoch, 3),
-                                          "images_per_sec": self._images_per_sec() or float("nan")},
+                                          "images_per_sec": self._images_per_sec() or float("nan"),
+                                          **_bad_examples(run.dataset.test)},
                       echo=self.bar.write if self.is_main else None)
     self.best.update(self.step, self.last_eval)
     self.ckpt.save(self.step, run.par.unreplicate(ckpt_lib.state_to_save(self.state)), self.last_eval)
@@ -248,11 +250,19 @@ class _Training:
   def _summary(self, wall_seconds: float) -> dict:
     run = self.run_
     summary = {"final_step": self.step, **self.best.summary(self.last_eval), "wall_seconds": wall_seconds,
-               "train_images_per_sec": self._images_per_sec()}
+               "train_images_per_sec": self._images_per_sec(),
+               **{f"{name}_bad_examples": n for name in ("train", "test")
+                  for n in _bad_examples(getattr(run.dataset, name)).values()}}
     self.writer.write(self.step, "summary", summary, echo=None)
     if self.is_main:
       print(_final_line(summary, run.seeds), flush=True)
     return summary
+
+
+def _bad_examples(split) -> dict:
+  """{"bad_examples": count} for a streamed split that skips unreadable examples (counted so far); {}
+  otherwise (a split that does not skip stops at the first one)."""
+  return {"bad_examples": split.bad_count} if getattr(split, "skip", False) else {}
 
 
 def _final_line(summary: dict, seeds) -> str:
