@@ -4,12 +4,16 @@ and ends with the same parameters as one process with four devices."""
 import json
 import os
 import pathlib
+import re
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
+import pytest
 
 from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
@@ -29,11 +33,33 @@ def free_port() -> int:
     return s.getsockname()[1]
 
 
-def command(workdir, mode):
+def command(workdir, mode, steps=STEPS, async_save=False):
   return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:smoke",
           f"--workdir={workdir}", f"--config.parallel={mode}", "--config.progress_bar=False",
-          "--config.log_every_steps=1", f"--config.total_steps={STEPS}", "--config.checkpoint.async_save=False",
-          *(f"--config.{k}={v}" for k, v in SGD.items())]
+          "--config.log_every_steps=1", f"--config.total_steps={steps}",
+          f"--config.checkpoint.async_save={async_save}", *(f"--config.{k}={v}" for k, v in SGD.items())]
+
+
+def two_processes(workdir, mode, **kwargs) -> list[subprocess.Popen]:
+  """The same command started as process 0 and 1 of a jax.distributed run on localhost."""
+  port = free_port()
+  return [subprocess.Popen(command(workdir, mode, **kwargs), cwd=ROOT, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True,
+                           env={**base_env(2), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
+                                "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
+          for i in range(2)]
+
+
+def finish(procs, timeout=400) -> list[str]:
+  """Waits for every process; -> their stdouts (each checked to have exited with 0)."""
+  try:
+    outs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  return [out for out, _ in outs]
 
 
 def base_env(devices: int) -> dict:
@@ -63,33 +89,18 @@ def test_importing_the_entry_points_leaves_the_backend_uninitialised():
 def test_two_processes_match_one_process(tmp_path):
   """One reference process (4 devices) and two 2-process runs (pmap and shard_map), all at once."""
   ref_dir = tmp_path / "one_process"
-  launches = {ref_dir: [(command(ref_dir, "shard_map"), base_env(4))]}
+  procs = {ref_dir: [subprocess.Popen(command(ref_dir, "shard_map"), cwd=ROOT, env=base_env(4),
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]}
   for mode in ("pmap", "shard_map"):
-    port = free_port()
-    launches[tmp_path / mode] = [
-        (command(tmp_path / mode, mode), {**base_env(2), "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
-                                          "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)})
-        for i in range(2)]
-  procs = {d: [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True) for cmd, env in runs] for d, runs in launches.items()}
-  outs = {}
-  try:
-    for d, ps in procs.items():
-      outs[d] = [p.communicate(timeout=400) for p in ps]
-  finally:
-    for ps in procs.values():
-      for p in ps:
-        p.kill()
-  for d, ps in procs.items():
-    for p, (_, err) in zip(ps, outs[d]):
-      assert p.returncode == 0, (d.name, err[-3000:])
-  assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0][0]
+    procs[tmp_path / mode] = two_processes(tmp_path / mode, mode)
+  outs = {d: finish(ps) for d, ps in procs.items()}
+  assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0]
   expected = train_losses(ref_dir)
   assert sorted(expected) == list(range(1, STEPS + 1))
   target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
   reference = ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(STEPS, target)
   for mode in ("pmap", "shard_map"):
-    (out0, _), (out1, _) = outs[tmp_path / mode]
+    out0, out1 = outs[tmp_path / mode]
     assert "devices: 4 (cpu, 2 host(s))" in out0
     assert "FINAL" in out0 and "FINAL" not in out1  # process 0 alone reports
     got = train_losses(tmp_path / mode)
@@ -98,6 +109,37 @@ def test_two_processes_match_one_process(tmp_path):
       assert abs(got[s] - expected[s]) <= 1e-5 * abs(expected[s]), (mode, s, got[s], expected[s])
     final = ckpt_lib.Checkpointer(tmp_path / mode, read_only=True).restore(STEPS, target)
     chex.assert_trees_all_close(final, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_one_host_preempted_both_stop_at_one_step_and_resume_exactly(tmp_path):
+  """SIGTERM to process 1 only (the host that a TPU pod or a scheduler preempts): JAX's preemption sync
+  point makes both processes stop at the same step with one complete checkpoint; the same command on both
+  resumes from it and ends equal to an uninterrupted two-process run."""
+  steps = 40
+  reference = two_processes(tmp_path / "reference", "shard_map", steps=steps, async_save=True)
+  finish(reference)
+  work = tmp_path / "preempted"
+  procs = two_processes(work, "shard_map", steps=steps, async_save=True)
+  deadline = time.time() + 300
+  while time.time() < deadline and not (work / "metrics.jsonl").exists():   # training has started
+    assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+    time.sleep(0.05)
+  procs[1].send_signal(signal.SIGTERM)
+  outs = finish(procs)
+  stopped = [re.search(r"preemption at step (\d+) \(process (\d) of 2\)", out) for out in outs]
+  assert all(stopped), outs
+  step = int(stopped[0].group(1))
+  assert int(stopped[1].group(1)) == step and 0 < step < steps, outs
+  assert "FINAL" not in outs[0] + outs[1]
+  finished = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
+  assert finished[-1] == step and not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
+  resumed = finish(two_processes(work, "shard_map", steps=steps, async_save=True))
+  assert f"starting at step {step}" in resumed[0] and "FINAL" in resumed[0]   # process 0 reports
+  assert train_losses(work) == train_losses(tmp_path / "reference")   # every step's loss, to the bit
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
+  final = [ckpt_lib.Checkpointer(d, read_only=True).restore(steps, target) for d in (work, tmp_path / "reference")]
+  chex.assert_trees_all_equal(*final)
 
 
 def _config(mode):

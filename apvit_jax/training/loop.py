@@ -242,9 +242,9 @@ class _Training:
       self.ckpt.save(self.step, self.run_.par.unreplicate(ckpt_lib.state_to_save(self.state)), None)
     self.ckpt.wait()
     self.ckpt.close()
-    if self.is_main:
-      print(f"{self.stop.requested} at step {self.step}: checkpoint saved in {self.ckpt.directory}; run the "
-            f"same command again to resume", flush=True)
+    host = f" (process {jax.process_index()} of {jax.process_count()})" if jax.process_count() > 1 else ""
+    print(f"{self.stop.requested} at step {self.step}{host}: checkpoint saved in {self.ckpt.directory}; run "
+          f"the same command again to resume", flush=True)   # every host says where it stopped
     return {"final_step": self.step, "interrupted_by": self.stop.requested}
 
   def _summary(self, wall_seconds: float) -> dict:
