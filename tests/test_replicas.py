@@ -223,7 +223,7 @@ def test_lazy_ips_refuses_replicas():
 
 def test_seed_index_out_of_range_is_refused(tmp_path):
   work = copy_old_run(tmp_path)
-  with pytest.raises(ValueError, match=r"--seed_index=2: config.num_seeds=2 replicas, indices 0..1"):
+  with pytest.raises(ValueError, match=r"--seed_index=2: the run has 2 replica\(s\) \(config.num_seeds\), indices 0..1"):
     eval_lib.evaluate_checkpoint(old_run_config(num_seeds=2), work, seed_index=2)
 
 

@@ -39,9 +39,8 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
     raise FileNotFoundError(f"no checkpoints in {workdir}: train first with the same --config")
   if split not in ("test", "train"):
     raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
-  if seed_index is not None and not 0 <= seed_index < config.num_seeds:
-    raise ValueError(f"--seed_index={seed_index}: config.num_seeds={config.num_seeds} replicas, indices "
-                     f"0..{config.num_seeds - 1}")
+  if seed_index is not None:   # before anything is loaded
+    replicas.check_index(seed_index, config.num_seeds)
   run = run_lib.setup(config, for_training=False)
   ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
   step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())

@@ -100,3 +100,10 @@ def seed_values(record: dict, name: str, seed_list) -> list:
   if len(seed_list) == 1:
     return [record[name]]
   return [record[f"{name}/seed{s}"] for s in seed_list]
+
+
+def check_index(k: int, count: int) -> None:
+  """eval.py's --seed_index: a ValueError unless 0 <= k < count (the run's config.num_seeds)."""
+  if not 0 <= k < count:
+    raise ValueError(f"--seed_index={k}: the run has {count} replica(s) (config.num_seeds), indices "
+                     f"0..{count - 1}")

@@ -87,9 +87,7 @@ def _seed_keys(seeds, purpose: int):
 
 def one_replica(run: Run, host_state, k: int):
   """(run, stacked host state) -> the one-seed run and state of replica k (eval.py --seed_index)."""
-  if not 0 <= k < run.num_replicas:
-    raise ValueError(f"--seed_index={k}: the run has {run.num_replicas} replica(s) (config.num_seeds), "
-                     f"indices 0..{run.num_replicas - 1}")
+  replicas.check_index(k, run.num_replicas)
   if run.num_replicas == 1:
     return run, host_state
   return (dataclasses.replace(run, seeds=(run.seeds[k],), state=replicas.select_state(run.state, k)),
