@@ -9,7 +9,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+from apvit_jax.base_config import base_config
 from apvit_jax.data import augment, batches, sources
+
+
+def data_config(**fields) -> ml_collections.ConfigDict:
+  """config.data with the defaults of base_config and these fields."""
+  return ml_collections.ConfigDict({**base_config().data.to_dict(), **fields})
 
 
 def test_mnist_exact(shared_data):
@@ -124,8 +130,7 @@ def test_bundled_digits_are_scikit_learns_without_importing_it():
 def test_tfds_mock():
   tfds = pytest.importorskip("tensorflow_datasets")
   with tfds.testing.mock_data(num_examples=12):
-    ds = sources.load(ml_collections.ConfigDict({"name": "tfds:mnist", "data_dir": "", "image_size": 0,
-                                                 "in_memory": True}))
+    ds = sources.load(data_config(name="tfds:mnist", data_dir="", image_size=0, in_memory=True))
     assert ds.train.images.shape == (12, 28, 28, 1) and ds.num_classes == 10
     stream = sources.load_tfds("imagenet2012", None, 24, in_memory=False)
     images, labels = stream.train.get([0, 5, 2])
@@ -197,8 +202,7 @@ def test_batch_order_deterministic_and_covering():
 
 
 def test_synthetic_source_shapes_and_errors():
-  import ml_collections
-  cfg = lambda name: ml_collections.ConfigDict({"name": name, "num_train": 6, "num_test": 4, "seed": 1})
+  cfg = lambda name: data_config(name=name, num_train=6, num_test=4, seed=1)
   d = sources.load(cfg("synthetic:12x10x3:7"))
   assert d.image_shape == (12, 10, 3) and d.num_classes == 7 and len(d.train) == 6 and len(d.test) == 4
   assert d.train.images.dtype == np.uint8 and d.train.labels.max() < 7 and d.train.images.std() > 50
