@@ -132,8 +132,7 @@ def test_one_host_preempted_both_stop_at_one_step_and_resume_exactly(tmp_path):
   step = int(stopped[0].group(1))
   assert int(stopped[1].group(1)) == step and 0 < step < steps, outs
   assert "FINAL" not in outs[0] + outs[1]
-  finished = sorted(int(p.name) for p in (work / "checkpoints").iterdir() if p.name.isdigit())
-  assert finished[-1] == step and not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
+  assert ckpt_lib.finished_steps(work)[-1] == step and not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
   resumed = finish(two_processes(work, "shard_map", steps=steps, async_save=True))
   assert f"starting at step {step}" in resumed[0] and "FINAL" in resumed[0]   # process 0 reports
   assert train_losses(work) == train_losses(tmp_path / "reference")   # every step's loss, to the bit

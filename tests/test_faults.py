@@ -29,11 +29,6 @@ def one_device_env():
   return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
 
 
-def complete_steps(work: pathlib.Path) -> list[int]:
-  folder = work / "checkpoints"
-  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
-
-
 def saves_in_progress(work: pathlib.Path) -> set[tuple[str, int]]:
   """The unfinished checkpoint folders (orbax writes STEP.orbax-checkpoint-tmp*, then renames it), by
   name and inode: one left by a killed process is told apart from a new write of the same step."""
@@ -68,7 +63,7 @@ def test_sigkill_during_asynchronous_saves_resumes_exactly(tmp_path):
   assert reference.returncode == 0, reference.stderr[-2000:]
   work, mid_write, starts = tmp_path / "killed", 0, []
   for kill in range(KILLS):
-    before, stale = complete_steps(work), saves_in_progress(work)
+    before, stale = ckpt_lib.finished_steps(work), saves_in_progress(work)
     proc = subprocess.Popen(command(work), cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
     deadline = time.time() + 120
@@ -81,10 +76,10 @@ def test_sigkill_during_asynchronous_saves_resumes_exactly(tmp_path):
     starts.append(int(out.split("starting at step ")[1].split()[0]))
     assert starts[-1] == max(before, default=0), (kill, starts[-1], before)   # the newest complete step
     mid_write += bool(saves_in_progress(work) - stale)   # its own write was cut
-    for step in complete_steps(work):
+    for step in ckpt_lib.finished_steps(work):
       saved = ckpt_lib.Checkpointer(work, read_only=True).restore_saved(step)
       assert int(saved["step"]) == step
-  assert max(complete_steps(work)) < 60, "the chain of kills reached the end; lengthen the run"
+  assert max(ckpt_lib.finished_steps(work)) < 60, "the chain of kills reached the end; lengthen the run"
   resumed = subprocess.run(command(work), cwd=ROOT, env=env, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   print(f"{KILLS} kills, {mid_write} of them left a checkpoint half-written; restarts at steps {starts}")

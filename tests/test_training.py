@@ -90,13 +90,12 @@ def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
   proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + 180
   while time.time() < deadline:
-    done = [int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit()]
-    if any(s >= min_step for s in done):
+    if any(s >= min_step for s in ckpt_lib.finished_steps(work)):
       break
     time.sleep(0.05)
   proc.send_signal(signal.SIGKILL)
   proc.wait()
-  killed_at = max(int(p.name) for p in (work / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+  killed_at = max(ckpt_lib.finished_steps(work))
   assert killed_at < last_step, "the run finished before it could be killed; make it longer"
   return killed_at
 
@@ -409,7 +408,7 @@ def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
       loop.train_and_evaluate(config(8), tmp_path)
   finally:
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
-  assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == ["4"]
+  assert ckpt_lib.finished_steps(tmp_path) == [4]
   ckpt = ckpt_lib.Checkpointer(tmp_path, read_only=True)
   assert ckpt.manager.all_steps() == [4] and int(ckpt.restore_saved(4)["step"]) == 4
   assert loop.train_and_evaluate(config(8), tmp_path)["final_step"] == 8

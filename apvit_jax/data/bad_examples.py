@@ -68,22 +68,18 @@ class GuardedSplit:
 
   def _readable(self, index: int) -> int:
     """`index` if it reads, else its replacement (skip) or a DataError naming it."""
-    try:
-      self._read_with_retries(index)
-      return index
-    except Exception as e:
-      self._found_bad(index, e)
-    for k in range(1, MAX_REPLACEMENT_TRIES + 1):
+    for k in range(MAX_REPLACEMENT_TRIES + 1):
       other = (index + k) % len(self.split)
       if other in self.bad:
         continue
       try:
         self._read_with_retries(other)
       except Exception as e:
-        self._found_bad(other, e)
+        self._found_bad(other, e)   # raises unless skipping
         continue
-      with self._lock:
-        self.replacement[index] = other
+      if other != index:
+        with self._lock:
+          self.replacement[index] = other
       return other
     raise DataError(f"{MAX_REPLACEMENT_TRIES} examples of {self.name} after index {index} in a row cannot be "
                     f"read ({self.bad_count} bad so far); the data looks damaged beyond single examples")

@@ -96,7 +96,7 @@ class Checkpointer:
     os_error = _os_error_in(e)
     if os_error is not None:
       # Read from the directory: the manager's own list may be empty after a failed finalisation.
-      kept = sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit() and p.name != str(step))
+      kept = [s for s in finished_steps(self.directory.parent) if s != step]
       raise CheckpointWriteError(
           os_error.errno, f"saving checkpoint step {step} in {self.directory} failed: "
           f"{os_error.strerror or os_error}. The run stopped; the earlier checkpoints (steps {list(kept)}) are "
@@ -149,8 +149,13 @@ class Checkpointer:
     self.manager.close()
 
 
-def has_checkpoints(workdir) -> bool:
-  """Whether WORKDIR/checkpoints holds a finished step (orbax names them by number; unfinished saves
-  carry a temporary suffix). Reads nothing else and creates nothing."""
+def finished_steps(workdir) -> list[int]:
+  """The finished steps in WORKDIR/checkpoints, in order, read from the folder names (orbax names them by
+  number; unfinished saves carry a temporary suffix). Reads nothing else and creates nothing."""
   directory = pathlib.Path(workdir).expanduser() / "checkpoints"
-  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+  return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
+
+
+def has_checkpoints(workdir) -> bool:
+  """Whether WORKDIR/checkpoints holds a finished step."""
+  return bool(finished_steps(workdir))
