@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.image_size = 0        # tfds streaming: resize + centre crop to this size
   c.data.skip_bad_examples = False  # streamed data: an unreadable example is replaced by the next readable
                                     # one and counted (bad_examples in the logs); False: the run stops naming it
+  c.data.workers = -1          # streamed data (tfds from disk, Megapixel canvases): grain worker processes
+                               # that read/draw batches; 0: in the training process; -1: one per spare CPU
+                               # core (<= 16), none below 4 cores (data/host_pipeline.py says why)
   c.data.seed = 0              # cluttered_digits only
   c.data.num_train = 10_000
   c.data.num_test = 2_000

@@ -108,6 +108,7 @@ RULES = {
     "data.data_dir": text(),
     "data.in_memory": boolean,
     "data.skip_bad_examples": boolean,
+    "data.workers": integer(-1, 256),
     "data.image_size": size_or_zero,
     "data.seed": integer(0, 2 ** 31 - 1),
     "data.num_train": count,

@@ -6,9 +6,11 @@
   python -m bench.run --suite=gpu --out=DIR    # ours vs the PyTorch peers, the GPU issue's sizes
   python -m bench.run --suite=cpu --out=DIR    # ours vs the PyTorch peers, the CPU issue's sizes
   python -m bench.run --suite=seeds --num_seeds=1,2,4,8 --json=...   # K seeds in one step (num_seeds)
+  python -m bench.run --suite=host --workers=0,1,2 --json=...   # streamed host batches/s, grain workers
 
 Suites: `sampler` (bench/sampler_bench.py), `steps` (bench/step_bench.py) and `seeds`
-(bench/seeds_bench.py: dps_vit_cifar10, or the first of --workloads, at each --num_seeds) print a
+(bench/seeds_bench.py: dps_vit_cifar10, or the first of --workloads, at each --num_seeds) and `host`
+(bench/host_bench.py: streamed batches made in the training process or in grain workers) print a
 Markdown table and write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch
 peers in the same process and write DIR/results.json and DIR/results.md. Timings are medians after
 warm-up; no test asserts any.
@@ -19,9 +21,9 @@ import sys
 
 from absl import app, flags, logging
 
-from bench import common, peers_suite, sampler_bench, seeds_bench, step_bench
+from bench import common, host_bench, peers_suite, sampler_bench, seeds_bench, step_bench
 
-flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", *peers_suite.PRESETS],
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", *peers_suite.PRESETS],
                   "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
                   "sizes of the GPU or the CPU speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
@@ -29,6 +31,9 @@ flags.DEFINE_bool("tiny", False, "gpu/cpu suites: tiny sizes, to check the comma
 flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
                   + ", ".join(step_bench.WORKLOADS))
 flags.DEFINE_list("num_seeds", ["1", "2", "4", "8"], "seeds suite: the replica counts K to time.")
+flags.DEFINE_list("workers", ["0", "1", "2"], "host suite: the data.workers values to time (0: in the "
+                  "training process).")
+flags.DEFINE_integer("num_batches", 48, "host suite: batches per pipeline.", lower_bound=2)
 flags.DEFINE_integer("batch_size", 0, "Global batch for every step workload; 0: the reference batch "
                      "(the config's, or the issue's table).", lower_bound=0)
 flags.DEFINE_integer("warmup", 3, "Untimed calls before timing.", lower_bound=0)
@@ -75,6 +80,9 @@ def main(argv):
     result["seeds"] = seeds_bench.run(workload=workload, num_seeds=[int(k) for k in f.num_seeds],
                                       batch_size=f.batch_size, warmup=f.warmup, repeats=f.repeats,
                                       extra=_parse_overrides(f.set))
+  if f.suite == "host":
+    print(f"data.workers=-1 (auto) resolves to {host_bench.auto_workers()} worker processes here")
+    result["host"] = host_bench.run(workers=[int(w) for w in f.workers], num_batches=f.num_batches)
   if f.suite in ("all", "steps"):
     result["steps"] = step_bench.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
                                      repeats=f.repeats, extra=_parse_overrides(f.set))

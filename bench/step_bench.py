@@ -15,7 +15,6 @@ per-workload peak).
 """
 from __future__ import annotations
 
-import concurrent.futures
 import importlib.util
 import pathlib
 import time
@@ -88,17 +87,16 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   step_s = common.median_seconds(lambda: jax.block_until_ready(step(batch)), warmup=warmup, repeats=repeats)
   batch_s = common.median_seconds(lambda: jax.block_until_ready(make_batch(1)), warmup=1,
                                   repeats=max(3, repeats // 2))
-  # As the trainer runs: the next batch is made in a thread while this step runs on the device.
-  pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-  pending = pool.submit(make_batch, 0)
+  # As the trainer runs (feed.train_batches): streamed batches made by grain workers (data.workers), the
+  # next batch shipped to the devices in a thread while this step runs.
+  batches = feed.train_batches(run, 0, warmup + repeats)
   times = []
   for i in range(warmup + repeats):
     t = time.perf_counter()
-    b = pending.result()
-    pending = pool.submit(make_batch, i + 1)
+    b = batches.take(i)
     jax.block_until_ready(step(b))
     times.append(time.perf_counter() - t)
-  pool.shutdown()
+  batches.close()
   loop_s = sorted(times[warmup:])[len(times[warmup:]) // 2]
 
   device = jax.devices()[0]

@@ -8,37 +8,8 @@ from apvit_jax.data import bad_examples, batches
 from apvit_jax.data.tfds import StreamingSplit, shard_of
 from apvit_jax.data.types import DataError
 from apvit_jax.training import loop
+from fake_splits import FlakySplit
 from test_training import logged_metrics, tiny_config
-
-
-class FlakySplit:
-  """A streamed split of N random images; reading an index in `broken` raises, and one in `transient`
-  raises on its first read only (then reads)."""
-  resident = False
-
-  def __init__(self, n=50, broken=(), transient=()):
-    rng = np.random.default_rng(0)
-    self.images = rng.integers(0, 256, (n, 4, 4, 1), dtype=np.uint8)
-    self.labels = rng.integers(0, 10, n).astype(np.int32)
-    self.broken, self.transient = set(broken), set(transient)
-    self.reads = 0
-
-  def __len__(self):
-    return len(self.labels)
-
-  @property
-  def image_shape(self):
-    return (4, 4, 1)
-
-  def get(self, indices):
-    self.reads += 1
-    for i in map(int, indices):
-      if i in self.broken:
-        raise OSError(5, f"Input/output error reading record {i}")
-      if i in self.transient:
-        self.transient.discard(i)
-        raise TimeoutError("read timed out")
-    return self.images[indices], self.labels[indices]
 
 
 @pytest.fixture(autouse=True)
@@ -102,8 +73,9 @@ def test_training_on_a_streamed_source_with_a_bad_record(tmp_path, monkeypatch):
   tfds = pytest.importorskip("tensorflow_datasets")
   config = lambda **o: tiny_config(**{"data.name": "tfds:imagenet2012", "data.in_memory": False,
                                       "data.image_size": 24, "total_steps": 4, "batch_size": 8,
-                                      "log_every_steps": 1, **o})
-  # Steps 0-2 are one pass over the 24 examples: `bad` is first read for step 2 (made while step 1 runs).
+                                      "log_every_steps": 1, "data.workers": 0, **o})
+  # Steps 0-2 are one pass over the 24 examples: `bad` is first read for step 2 (made while step 1 runs;
+  # batches made in the training process: workers would read further ahead, see test_host_pipeline.py).
   bad = int(batches.train_indices(config().seed, 2, 24, 8)[3])
   real_read = StreamingSplit._read
 

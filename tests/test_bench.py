@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from apvit_jax import sampler
-from bench import common, peers_suite, sampler_bench, step_bench, torch_peers
+from bench import common, host_bench, peers_suite, sampler_bench, step_bench, torch_peers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,6 +25,17 @@ def test_step_benchmark_builds_the_trainers_step_and_counts_flops():
   forward = 2 * row["params"] * 17 * 8
   assert 1.5 * forward < row["tflop_per_step"] * 1e12 < 6 * forward
   assert row["mfu"] is None or jax.devices()[0].platform != "cpu"   # no CPU peak: no MFU
+
+
+def test_host_benchmark_reads_the_same_batches_with_and_without_workers():
+  """Both streamed workloads, in the training process and in 2 grain workers; the benchmark itself
+  asserts that every row read the same batches (pixel checksums)."""
+  rows = host_bench.run(workers=(0, 2), num_batches=3)
+  assert [(r["workload"].split()[0], r["workers"]) for r in rows] == [
+      ("Megapixel", 0), ("Megapixel", 2), ("tfds", 0), ("tfds", 2)]
+  for r in rows:
+    assert r["batches_per_s"] > 0 and r["main_cpu_ms_per_batch"] >= 0 and r["checksum"] > 0
+  assert rows[0]["checksum"] == rows[1]["checksum"] and rows[2]["checksum"] == rows[3]["checksum"]
 
 
 def test_sampler_benchmark_maps_stay_near_the_grid():

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from apvit_jax.base_config import set_fields
-from apvit_jax.data import batches
+from apvit_jax.data import batches, host_pipeline
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
 
@@ -50,7 +50,7 @@ def run_steps(config, devices, num_steps=2):
   losses = []
   for s in range(num_steps):
     idx = batches.train_indices(config.seed, s, len(run.dataset.train), config.batch_size)
-    batch = par.shard(feed.host_batch(run.dataset.train, idx, np.arange(config.batch_size)))
+    batch = par.shard(host_pipeline.host_batch(run.dataset.train, idx, np.arange(config.batch_size)))
     state, metrics = train_step(state, data, batch, key)
     losses.append(par.metrics(metrics)["loss"])
   return np.array(losses), par.unreplicate(state.params)
@@ -153,15 +153,21 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
 
 
 def test_streaming_tfds_source_trains(tmp_path):
-  """Host-fed batches (a tfds source read on demand, resized on the host) through the same step."""
+  """Host-fed batches (a tfds source read on demand, resized on the host) through the same step, made in
+  the training process and in two grain worker processes: the same losses and accuracies, to the bit."""
   tfds = pytest.importorskip("tensorflow_datasets")
-  config = tiny_config(**{"data.name": "tfds:imagenet2012", "data.in_memory": False,
-                          "data.image_size": 24, "total_steps": 4, "batch_size": 8})
-  with tfds.testing.mock_data(num_examples=24):
-    summary = loop.train_and_evaluate(config, tmp_path)
-  assert summary["final_step"] == 4 and 0.0 <= summary["best_accuracy"] <= 1.0
-  tests = [r for r in logged_metrics(tmp_path) if r["split"] == "test"]
-  assert tests and all(r["count"] == 24 for r in tests)
+  records = {}
+  for workers in (0, 2):
+    config = tiny_config(**{"data.name": "tfds:imagenet2012", "data.in_memory": False, "data.workers": workers,
+                            "data.image_size": 24, "total_steps": 4, "batch_size": 8, "log_every_steps": 1})
+    with tfds.testing.mock_data(num_examples=24):
+      summary = loop.train_and_evaluate(config, tmp_path / str(workers))
+    assert summary["final_step"] == 4 and 0.0 <= summary["best_accuracy"] <= 1.0
+    records[workers] = logged_metrics(tmp_path / str(workers))
+    tests = [r for r in records[workers] if r["split"] == "test"]
+    assert tests and all(r["count"] == 24 for r in tests)
+  pick = lambda rs: [(r["split"], r["step"], r.get("loss"), r.get("accuracy")) for r in rs]
+  assert pick(records[0]) == pick(records[2]) and len([r for r in records[0] if r["split"] == "train"]) == 4
 
 
 def logged_metrics(workdir):

@@ -41,6 +41,19 @@ class GuardedSplit:
   def __post_init__(self):
     self._lock = threading.Lock()
 
+  def __getstate__(self):   # sent to grain worker processes (data/host_pipeline.py): without the lock
+    return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
+  def __setstate__(self, state):
+    self.__dict__.update(state)
+    self._lock = threading.Lock()
+
+  def learn(self, bad: dict, replacement: dict) -> None:
+    """Merges what a copy of this split (in a worker process) found unreadable and replaced."""
+    with self._lock:
+      self.bad.update(bad)
+      self.replacement.update(replacement)
+
   def __len__(self):
     return len(self.split)
 

@@ -143,8 +143,7 @@ class _Training:
     self.train_step = run_lib.compile_train_step(run)
     self.eval_step = run_lib.compile_eval_step(run)
     self.train_key = run_lib.train_key(run)
-    self.batches = feed.OneAhead(feed.train_batch_maker(run, on_host=run.host_inputs is not None),
-                                 start_step, run.total_steps)
+    self.batches = feed.train_batches(run, start_step, run.total_steps, on_host=run.host_inputs is not None)
     self.best = _Best(run.seeds)
     for r in writer.read():
       if r["split"] == "test" and r["step"] <= start_step:
