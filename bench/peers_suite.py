@@ -4,7 +4,9 @@
   python -m bench.run --suite=cpu --out=DIR    # the CPU issue's sizes (2 cores: ~10 minutes)
 
 Writes DIR/results.json (rows, machine, command) and DIR/results.md (the table). Rows:
-- sampler forward and forward+backward (ours: `sample_patches`; peer: torch affine_grid + grid_sample);
+- sampler forward, forward+backward to images and maps, and forward+backward to the maps alone (what an
+  adaptive model's train step computes: its images are data) (ours: `sample_patches`; peer: torch
+  affine_grid + grid_sample);
 - train steps with on-device augmentation, ours (the trainer's own compiled step, `bench/step_bench.py`)
   vs a PyTorch ViT of the same shape (`bench/torch_peers.py`: timm where installed, torch.compile + bf16
   + fused AdamW on GPU);
@@ -57,10 +59,14 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
     cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
     forward = jax.jit(lambda x, t, p=patch: sampler.sample_patches(x, t, p))
     both = jax.jit(lambda x, t, c, p=patch: jax.vjp(lambda x, t: sampler.sample_patches(x, t, p), x, t)[1](c))
+    # What a DPS-ViT/APViT train step computes: the images are data, only the maps get a gradient.
+    maps = jax.jit(lambda x, t, c, p=patch: jax.vjp(lambda t: sampler.sample_patches(x, t, p), t)[1](c))
     image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
     for mode, fn, args, moved in (("forward", forward, (images, theta), image_bytes + patch_bytes),
                                   ("fwd+bwd", both, (images, theta, cotangent),
-                                   3 * image_bytes + 2 * patch_bytes)):
+                                   3 * image_bytes + 2 * patch_bytes),
+                                  ("fwd+bwd to maps", maps, (images, theta, cotangent),
+                                   2 * image_bytes + 2 * patch_bytes)):
       ms = 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)), warmup=max(warmup, 1),
                                        repeats=repeats)
       row = {"workload": f"sampler {mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
@@ -69,8 +75,8 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
         row.update(peer="-", note=why_not)
       else:
         row.update(peer="torch affine_grid + grid_sample", peer_ms=torch_peers.sampler_ms(
-            np.asarray(images), np.asarray(theta), patch, backward=mode == "fwd+bwd", warmup=max(warmup, 1),
-            repeats=repeats))
+            np.asarray(images), np.asarray(theta), patch, backward=mode != "forward",
+            image_grad=mode == "fwd+bwd", warmup=max(warmup, 1), repeats=repeats))
       rows.append(row)
   return rows
 

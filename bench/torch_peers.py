@@ -48,9 +48,10 @@ def _median_ms(torch, fn, *, warmup: int, repeats: int) -> float:
   return statistics.median(times) * 1e3
 
 
-def sampler_ms(images, theta, patch: int, *, backward: bool, warmup: int, repeats: int) -> float:
+def sampler_ms(images, theta, patch: int, *, backward: bool, warmup: int, repeats: int,
+               image_grad: bool = True) -> float:
   """Median ms of torch affine_grid + grid_sample on images (B, H, W, C) and maps theta (B, N, 2, 3)
-  (NumPy, float32), forward only or forward + backward to images and theta."""
+  (NumPy, float32), forward only or forward + backward to theta and (image_grad) the images."""
   torch, _ = torch_or_reason()
   dev = _device(torch)
   b, n = theta.shape[:2]
@@ -61,7 +62,7 @@ def sampler_ms(images, theta, patch: int, *, backward: bool, warmup: int, repeat
   f = torch.nn.functional
 
   def run():
-    xx = x.detach().requires_grad_(backward)
+    xx = x.detach().requires_grad_(backward and image_grad)
     tt = t.detach().requires_grad_(backward)
     grid = f.affine_grid(tt, (b * n, c, patch, patch), align_corners=False).reshape(b, n * patch, patch, 2)
     out = f.grid_sample(xx, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -191,6 +191,23 @@ def test_fused_backward_equals_autodiff(padding_mode, align_corners, dtype):
       np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max(), err_msg=name)
 
 
+def test_gradient_to_the_maps_alone_compiles_without_the_image_scatter():
+  """A train step differentiates through the sampler to the maps only (the images are data). XLA then
+  drops the custom_vjp's image gradient: no scatter is left in the compiled program (the image gradient
+  is four scatter-adds, the slow part of the backward on CPU; bench/RESULTS.md). And the maps' gradient
+  is the one computed together with the image gradient."""
+  rng = np.random.default_rng()
+  images = jnp.asarray(rng.normal(size=(2, 12, 12, 3)), jnp.float32)
+  theta = jnp.asarray(random_theta(rng, (2, 5)))
+  loss = lambda im, th: (sampler.sample_patches(im, th, 4) ** 2).sum()
+  maps_only = jax.jit(jax.grad(lambda th: loss(images, th)))
+  both = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  scatters = lambda f, *args: f.lower(*args).compile().as_text().count(" scatter(")
+  assert scatters(both, images, theta) >= 1   # the count works: the image gradient is a scatter
+  assert scatters(maps_only, theta) == 0
+  np.testing.assert_allclose(maps_only(theta), both(images, theta)[1], rtol=1e-6, atol=1e-6)
+
+
 def test_affine_grid_gradient_matches_numpy():
   """affine_grid's backward (one einsum with the base grid) vs the float64 sum over pixels."""
   rng = np.random.default_rng()
