@@ -224,6 +224,16 @@ def test_compute_dtype_auto_is_float32_on_cpu_and_printed():
   assert jax.tree.leaves(run.state.params)[0].dtype == jnp.float32  # parameters stay float32
 
 
+def test_summary_says_how_batches_are_fed():
+  data_line = lambda run: [l for l in run_lib.summary_lines(run, "w", 0) if l.startswith("data:")][0]
+  assert data_line(run_lib.setup(tiny_config())).endswith("on every device (batches carry indices)")
+  streamed = {"data.name": "mnist_resized", "data.digits": "builtin", "data.image_size": 40}
+  assert data_line(run_lib.setup(tiny_config(**streamed, **{"data.workers": 2}))).endswith(
+      "streamed, made by 2 grain worker processes (data.workers=2)")
+  assert data_line(run_lib.setup(tiny_config(**streamed, **{"data.workers": 0}))).endswith(
+      "streamed, made in this process (data.workers=0)")
+
+
 def test_shard_map_run_resumes_under_pmap(tmp_path):
   """A checkpoint written under shard_map resumes under pmap and continues as one uninterrupted run."""
   loop.train_and_evaluate(tiny_config(total_steps=8, parallel="shard_map"), tmp_path / "ref")

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from apvit_jax.config_checks import check_config
-from apvit_jax.data import sources
+from apvit_jax.data import host_pipeline, sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
@@ -182,6 +182,16 @@ def start_state(run: Run, ckpt: ckpt_lib.Checkpointer) -> state_lib.TrainState:
   return run.state
 
 
+def _feeding(run: Run) -> str:
+  """How the training batches are made: resident on the devices, or streamed by how many grain workers."""
+  split = run.dataset.train
+  if split.resident:
+    return "on every device (batches carry indices)"
+  workers = host_pipeline.resolve_workers(run.config.data.workers, split)
+  return (f"streamed, made by {workers} grain worker processes" if workers else
+          "streamed, made in this process") + f" (data.workers={run.config.data.workers})"
+
+
 def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
   ds, par, m, k = run.dataset, run.par, run.config.model, run.num_replicas
   params = state_lib.count_params(run.state.params) // k
@@ -193,7 +203,7 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
       f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
-      f"{ds.num_classes} classes",
+      f"{ds.num_classes} classes, {_feeding(run)}",
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
       f"workdir: {workdir}",
   ]
