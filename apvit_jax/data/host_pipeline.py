@@ -34,7 +34,7 @@ def resolve_workers(requested: int, split) -> int:
   none with fewer than MIN_CORES_FOR_WORKERS cores. A worker hands each batch over through shared memory
   (a copy into fresh pages: ~25 ms for a batch of 16 Megapixel canvases, 36 MB, on a 2-core machine), so
   on 2 cores 1 or 2 workers made batches 0.41-0.91x as fast as the training process does
-  (bench/RESULTS.md); they pay where cores are many and each example costs more than its bytes."""
+  (bench/RESULTS.md). Where cores are many they should pay (not measured yet: no many-core host here)."""
   if split.resident:
     return 0
   if requested >= 0:
