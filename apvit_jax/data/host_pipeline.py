@@ -55,7 +55,8 @@ def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | 
 
 
 def stack_replicas(trees: list, axis: int = 1):
-  """Equal-structured host batches (dicts of arrays, nested) -> one whose leaves gain a replica axis."""
+  """Equal-structured host batches (dicts of arrays, nested) -> one whose leaves gain a replica axis.
+  `training/replicas.stack` does this for any pytree with jax.tree; workers must not import JAX."""
   if isinstance(trees[0], dict):
     return {k: stack_replicas([t[k] for t in trees], axis) for k in trees[0]}
   return np.stack([np.asarray(t) for t in trees], axis)
