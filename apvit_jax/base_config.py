@@ -91,6 +91,8 @@ def base_config() -> ml_collections.ConfigDict:
   a.posemb = "interpolate"     # interpolate (APViT) | translation (DPS, concatenated) | learn | none
   a.pos_dim = 32               # posemb="translation": width of the concatenated code
   a.posemb_lookup = "cell_centres"  # or "seed" (the published align-corners mapping)
+  a.patch_sampler = "gather"   # "gather" (every transform) or "separable": axis-aligned transforms as two
+                               # small matmuls per patch (same result; slower on CPU, measured)
 
   i = c.model.ips = ml_collections.ConfigDict()  # model.name="ips": apvit_jax/models/ips.py
   i.encoder = "resnet18"       # resnet18 | resnet50 | features (LayerNorm -> Linear -> BN -> ReLU)

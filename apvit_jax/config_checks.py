@@ -11,7 +11,7 @@ import numbers
 
 import ml_collections
 
-from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS
+from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, PATCH_SAMPLERS
 from apvit_jax.models.families.vit import FRONT_ENDS
 from apvit_jax.models.ips import ENCODERS, LOADING
 from apvit_jax.models.options import ATTENTION_IMPLS, COMPUTE_DTYPES
@@ -157,6 +157,7 @@ RULES = {
     "model.adaptive.posemb": one_of(*ADAPTIVE_POSEMBS),
     "model.adaptive.pos_dim": count,
     "model.adaptive.posemb_lookup": one_of(*LOOKUPS),
+    "model.adaptive.patch_sampler": one_of(*PATCH_SAMPLERS),
     "model.ips.encoder": one_of(*ENCODERS),
     "model.ips.num_stages": integer(1, 4),
     "model.ips.patch_size": count,

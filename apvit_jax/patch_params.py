@@ -36,8 +36,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apvit_jax import separable_sampler
+
 KINDS = {"translate": 2, "scale": 3, "aniso_scale": 4, "scale_rotate": 4, "aniso_scale_rotate": 5,
          "affine": 6, "projective": 8}
+# Kinds whose maps have no rotation or shear (theta's off-diagonal entries are 0): their patches can be
+# cut by the separable sampler (apvit_jax/separable_sampler.py).
+AXIS_ALIGNED_KINDS = ("translate", "scale", "aniso_scale")
 # "tanh": published; never reaches the border, so a patch touching it (the ViT grid's outer tiles)
 # has no finite raw value. "reflect": a triangle wave of period 4, equal to x on [-1, 1], reaching
 # +-1 with slope 1; needed for an exact identity-grid start.
@@ -98,6 +103,22 @@ class PatchTransform:
     lin = {"affine": 2.0, "projective": 2.0}.get(self.kind, math.sqrt(2.0) if "rotate" in self.kind else 1.0)
     reach = lin * self.max_scale
     return reach / (1.0 - self.max_perspective) if self.kind == "projective" else reach
+
+  @property
+  def axis_aligned(self) -> bool:
+    return self.kind in AXIS_ALIGNED_KINDS
+
+  def sampling_window(self) -> tuple[int, int]:
+    """(rows, columns) of pixels one patch can touch (axis-aligned kinds): the separable sampler's window.
+
+    The diagonal of every map is at most P/H, P/W ("translate") or max_scale (the sigmoid's bound)."""
+    if not self.axis_aligned:
+      raise ValueError(f"patch transform {self.kind!r} rotates or shears patches: only "
+                       f"{AXIS_ALIGNED_KINDS} can be sampled separably")
+    h, w = self.image_size
+    p = self.patch_size
+    sy, sx = (p / h, p / w) if self.kind == "translate" else (self.max_scale, self.max_scale)
+    return separable_sampler.footprint(sy, p, h), separable_sampler.footprint(sx, p, w)
 
   def _linear(self, raw: jax.Array):
     """raw (..., K) float32 -> L (..., 2, 2), perspective (g, h) (..., 2) or None."""

@@ -6,7 +6,9 @@
 Writes DIR/results.json (rows, machine, command) and DIR/results.md (the table). Rows:
 - sampler forward, forward+backward to images and maps, and forward+backward to the maps alone (what an
   adaptive model's train step computes: its images are data) (ours: `sample_patches`; peer: torch
-  affine_grid + grid_sample);
+  affine_grid + grid_sample); the same three for the separable sampler (`separable_sampler`, the model's
+  model.adaptive.patch_sampler="separable") on the same maps without rotation, with the gather sampler's
+  time on those maps beside it;
 - train steps with on-device augmentation, ours (the trainer's own compiled step, `bench/step_bench.py`)
   vs a PyTorch ViT of the same shape (`bench/torch_peers.py`: timm where installed, torch.compile + bf16
   + fused AdamW on GPU);
@@ -25,7 +27,7 @@ import pathlib
 import jax
 import numpy as np
 
-from apvit_jax import sampler
+from apvit_jax import sampler, separable_sampler
 from apvit_jax.models.vit import decode_variant
 from bench import common, sampler_bench, step_bench, torch_peers
 
@@ -50,35 +52,49 @@ TINY_IPS = {"data.canvas": 200, "model.ips.patch_size": 25, "model.ips.patch_str
 
 
 def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
+  """Per size: the gather sampler on near-grid maps (turned, scaled, shifted), then the separable sampler
+  on the same maps without the turn (what it can cut), each forward, fwd+bwd and fwd+bwd to the maps
+  alone; the separable rows carry the gather sampler's time on their maps (gather_ms)."""
   torch, why_not = torch_peers.torch_or_reason()
   _, spec_bw = common.device_peaks(jax.devices()[0])
   bandwidth = spec_bw or common.copy_bandwidth(num_bytes=1 << 26)
+  timed = lambda fn, args: 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)),
+                                                       warmup=max(warmup, 1), repeats=repeats)
   rows = []
   for name, batch, side, patch in sizes:
-    images, theta = sampler_bench._inputs(batch, side, patch)
-    cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
-    forward = jax.jit(lambda x, t, p=patch: sampler.sample_patches(x, t, p))
-    both = jax.jit(lambda x, t, c, p=patch: jax.vjp(lambda x, t: sampler.sample_patches(x, t, p), x, t)[1](c))
-    # What a DPS-ViT/APViT train step computes: the images are data, only the maps get a gradient.
-    maps = jax.jit(lambda x, t, c, p=patch: jax.vjp(lambda t: sampler.sample_patches(x, t, p), t)[1](c))
-    image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
-    for mode, fn, args, moved in (("forward", forward, (images, theta), image_bytes + patch_bytes),
-                                  ("fwd+bwd", both, (images, theta, cotangent),
-                                   3 * image_bytes + 2 * patch_bytes),
-                                  ("fwd+bwd to maps", maps, (images, theta, cotangent),
-                                   2 * image_bytes + 2 * patch_bytes)):
-      ms = 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)), warmup=max(warmup, 1),
-                                       repeats=repeats)
-      row = {"workload": f"sampler {mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
-             f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
-      if torch is None:
-        row.update(peer="-", note=why_not)
-      else:
-        row.update(peer="torch affine_grid + grid_sample", peer_ms=torch_peers.sampler_ms(
-            np.asarray(images), np.asarray(theta), patch, backward=mode != "forward",
-            image_grad=mode == "fwd+bwd", warmup=max(warmup, 1), repeats=repeats))
-      rows.append(row)
+    window = (separable_sampler.footprint(sampler_bench.MAX_SCALE * patch / side, patch, side),) * 2
+    gather = lambda x, t, p=patch: sampler.sample_patches(x, t, p)
+    separable = lambda x, t, p=patch, w=window: separable_sampler.sample_patches_axis_aligned(x, t, p, w)
+    for label, cut, axis_aligned in (("", gather, False), ("separable ", separable, True)):
+      images, theta = sampler_bench._inputs(batch, side, patch, axis_aligned=axis_aligned)
+      cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
+      image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
+      gather_here = {mode: fn for mode, fn, *_ in _sampler_passes(gather, images, theta, cotangent, 0, 0)}
+      for mode, fn, args, moved in _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
+        ms = timed(fn, args)
+        row = {"workload": f"sampler {label}{mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
+               f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
+        if axis_aligned:
+          row["gather_ms"] = timed(gather_here[mode], args)
+        if torch is None:
+          row.update(peer="-", note=why_not)
+        else:
+          row.update(peer="torch affine_grid + grid_sample", peer_ms=torch_peers.sampler_ms(
+              np.asarray(images), np.asarray(theta), patch, backward=mode != "forward",
+              image_grad=mode == "fwd+bwd", warmup=max(warmup, 1), repeats=repeats))
+        rows.append(row)
   return rows
+
+
+def _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
+  """(mode, jitted fn, its arguments, bytes a perfect kernel moves) for forward, fwd+bwd (gradients to the
+  images and the maps) and fwd+bwd to the maps alone (a DPS-ViT/APViT step: the images are data)."""
+  forward = jax.jit(cut)
+  both = jax.jit(lambda x, t, c: jax.vjp(cut, x, t)[1](c))
+  maps = jax.jit(lambda x, t, c: jax.vjp(lambda t: cut(x, t), t)[1](c))
+  return (("forward", forward, (images, theta), image_bytes + patch_bytes),
+          ("fwd+bwd", both, (images, theta, cotangent), 3 * image_bytes + 2 * patch_bytes),
+          ("fwd+bwd to maps", maps, (images, theta, cotangent), 2 * image_bytes + 2 * patch_bytes))
 
 
 def peer_shape(config) -> dict:
@@ -133,6 +149,7 @@ def finish(rows: list[dict]) -> list[dict]:
 
 
 COLUMNS = [("workload", "workload", ""), ("batch", "batch", "d"), ("ours_ms", "ours ms", ".2f"),
+           ("gather_ms", "gather ms (same maps)", ".2f"),
            ("ours_images_per_s", "ours img/s", ",.0f"), ("peer_ms", "peer ms", ".2f"),
            ("peer_images_per_s", "peer img/s", ",.0f"), ("ours_vs_peer", "ours vs peer", ".2f"),
            ("mfu", "MFU", ".1%"), ("peak_gib", "peak GiB", ".2f"), ("bound", "bound (hint)", ""),

@@ -20,15 +20,18 @@ SIZES = (("B256 32² 16×8²", 256, 32, 8), ("B1024 32² 64×4²", 1024, 32, 4),
 CHANNELS = 3
 
 
-def _inputs(batch: int, side: int, patch: int, seed: int = 0):
+MAX_SCALE = 1.2   # the maps' largest scale, relative to a ViT tile
+
+
+def _inputs(batch: int, side: int, patch: int, seed: int = 0, axis_aligned: bool = False):
   """Images (B, S, S, 3) and near-grid maps (B, N, 2, 3): the ViT tiles, scaled by 0.8-1.2, turned by
-  up to ±0.3 rad and shifted, as a trained adaptive front-end produces."""
+  up to ±0.3 rad (not turned if axis_aligned) and shifted, as a trained adaptive front-end produces."""
   rng = np.random.default_rng(seed)
   images = rng.uniform(size=(batch, side, side, CHANNELS)).astype(np.float32)
   grid = np.asarray(sampler.regular_grid_theta((side, side), patch))
   n = grid.shape[0]
-  angle = rng.uniform(-0.3, 0.3, (batch, n))
-  scale = rng.uniform(0.8, 1.2, (batch, n))
+  angle = rng.uniform(-0.3, 0.3, (batch, n)) * (not axis_aligned)
+  scale = rng.uniform(0.8, MAX_SCALE, (batch, n))
   rot = np.stack([np.stack([np.cos(angle), -np.sin(angle)], -1), np.stack([np.sin(angle), np.cos(angle)], -1)], -2)
   theta = np.concatenate([grid[None, :, :, :2] * (scale[..., None, None]) @ rot,
                           grid[None, :, :, 2:] + rng.uniform(-0.05, 0.05, (batch, n, 2, 1))], -1)

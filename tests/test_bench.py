@@ -62,9 +62,11 @@ def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "results.json").read_text())
   names = [r["workload"] for r in result["rows"]]
-  assert names[:3] == ["sampler forward B2 16² 4×8²", "sampler fwd+bwd B2 16² 4×8²",
-                       "sampler fwd+bwd to maps B2 16² 4×8²"]
-  assert [n.split()[1] for n in names[3:]] == [w for w, *_ in peers_suite.PRESETS["gpu"]["steps"]]
+  assert names[:6] == ["sampler forward B2 16² 4×8²", "sampler fwd+bwd B2 16² 4×8²",
+                       "sampler fwd+bwd to maps B2 16² 4×8²", "sampler separable forward B2 16² 4×8²",
+                       "sampler separable fwd+bwd B2 16² 4×8²", "sampler separable fwd+bwd to maps B2 16² 4×8²"]
+  assert all(("gather_ms" in r) == ("separable" in r["workload"]) for r in result["rows"])
+  assert [n.split()[1] for n in names[6:]] == [w for w, *_ in peers_suite.PRESETS["gpu"]["steps"]]
   for row in result["rows"]:
     assert row["ours_ms"] > 0, row
     assert ("peer_ms" in row) == ("ours_vs_peer" in row)

@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from apvit_jax import sampler
+from apvit_jax import sampler, separable_sampler
 from apvit_jax.models.posembed import GridPosEmbed, lookup_posemb
 from apvit_jax.models.stn import LocalisationNet
 from apvit_jax.models.vit import ViT
@@ -28,6 +28,9 @@ ADAPTIVE_POSEMBS = ("interpolate", "translation", "learn", "none")
 # Parameters of the localisation network and its head (under "patch_embed"): they may take their own
 # learning rate (config.optim.stn_lr_ratio).
 LOCALISATION_PARAMS = ("stn", "loc_hidden", "loc_head", "patch_bias")
+# How patches are cut: "gather" (sampler.sample_patches, every transform) or "separable" (two small matmuls
+# per patch, axis-aligned transforms only: separable_sampler.py). Same patches, same gradients.
+PATCH_SAMPLERS = ("gather", "separable")
 
 
 class AdaptivePatching(nn.Module):
@@ -57,6 +60,7 @@ class AdaptivePatching(nn.Module):
   posemb_lookup: str = "cell_centres"
   dtype: Any = jnp.float32
   attention_impl: str = "auto"
+  patch_sampler: str = "gather"   # or "separable" (PATCH_SAMPLERS)
 
   def patch_transform(self, image_shape) -> PatchTransform:
     return PatchTransform(self.transform, self.patch_size, tuple(image_shape[:2]), self.max_scale,
@@ -66,6 +70,8 @@ class AdaptivePatching(nn.Module):
   def __call__(self, images, *, train: bool):
     if self.posemb not in ADAPTIVE_POSEMBS:
       raise ValueError(f"unknown adaptive posemb {self.posemb!r}; choose from {ADAPTIVE_POSEMBS}")
+    if self.patch_sampler not in PATCH_SAMPLERS:
+      raise ValueError(f"unknown patch sampler {self.patch_sampler!r}; choose from {PATCH_SAMPLERS}")
     b, h, w, _ = images.shape
     p = self.patch_size
     pt = self.patch_transform((h, w))
@@ -86,7 +92,10 @@ class AdaptivePatching(nn.Module):
     raw = raw + self.param("patch_bias", bias_init, (n, pt.num_params))
     theta, centres = pt(raw)
 
-    patches = sampler.sample_patches(images, theta, p)  # (B, N, P, P, C)
+    if self.patch_sampler == "separable":
+      patches = separable_sampler.sample_patches_axis_aligned(images, theta, p, pt.sampling_window())
+    else:
+      patches = sampler.sample_patches(images, theta, p)  # (B, N, P, P, C)
     embed_width = self.width - self.pos_dim if self.posemb == "translation" else self.width
     if embed_width <= 0:
       raise ValueError(f"pos_dim={self.pos_dim} leaves no room in width {self.width}")

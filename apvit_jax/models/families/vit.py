@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from apvit_jax.data.augment import example_keys, preprocess
 from apvit_jax.models.families.base import Family, fetch
-from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, AdaptivePatching, adaptive_vit
+from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, PATCH_SAMPLERS, AdaptivePatching, adaptive_vit
 from apvit_jax.models.options import architecture, choice, jnp_dtype
 from apvit_jax.models.posembed import LOOKUPS
 from apvit_jax.models.stn import STNS
 from apvit_jax.models.vit import ViT
-from apvit_jax.patch_params import TRANSLATE_RANGES
+from apvit_jax.patch_params import AXIS_ALIGNED_KINDS, TRANSLATE_RANGES
 
 FRONT_ENDS = ("grid", "adaptive")   # grid: ViT / PiT; adaptive: DPS-ViT, APViT
 
@@ -40,6 +40,7 @@ class ViTFamily(Family):
     choice(a.posemb, ADAPTIVE_POSEMBS, "model.adaptive.posemb")
     choice(a.posemb_lookup, LOOKUPS, "model.adaptive.posemb_lookup")
     choice(a.translate_range, TRANSLATE_RANGES, "model.adaptive.translate_range")
+    choice(a.patch_sampler, PATCH_SAMPLERS, "model.adaptive.patch_sampler")
     if not 0 <= a.num_patches <= h * w:  # patches may overlap, but more of them than pixels is an error
       raise ValueError(f"model.adaptive.num_patches={a.num_patches}: more patches than fit a {h}x{w} image "
                        f"(at most one per pixel, {h * w}); 0 means the ViT grid's {(h // p) * (w // p)}")
@@ -50,6 +51,10 @@ class ViTFamily(Family):
       raise ValueError(f"model.adaptive.pos_dim={a.pos_dim} must be in (0, width={arch['width']})")
     front = AdaptivePatching(arch["width"], p, **a.to_dict())
     pt = front.patch_transform((h, w))   # validates kind, bound and scale limits
+    if a.patch_sampler == "separable" and not pt.axis_aligned:
+      raise ValueError(f"model.adaptive.patch_sampler='separable' cuts axis-aligned patches only "
+                       f"(model.adaptive.transform in {AXIS_ALIGNED_KINDS}), not transform={a.transform!r}; "
+                       f"use patch_sampler='gather'")
     if a.identity_init:
       pt.identity_raw()  # raises when the regular grid cannot be reached
       if a.num_patches not in (0, (h // p) * (w // p)):
