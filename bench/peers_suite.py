@@ -37,6 +37,7 @@ PRESETS = {
         "sampler": sampler_bench.SIZES,
         "steps": (("vit_s16_224", 256, True, {}), ("pit_t_32", 256, True, {}), ("vit_t2_32", 512, True, {}),
                   ("std_vit_cifar10", 256, True, {}), ("dps_vit_cifar10", 256, False, {}),
+                  ("dps_vit_cifar10", 256, False, {"model.adaptive.patch_sampler": "separable"}),
                   ("apvit_cifar10", 256, False, {}),
                   ("ips_megapixel_mnist", 16, False, {"model.ips.memory": 100, "model.ips.chunk": 100})),
     },
@@ -118,7 +119,8 @@ def step_rows(steps, *, tiny: bool, warmup: int, repeats: int) -> list[dict]:
     batch = 2 if tiny else batch
     print(f"... {name} (batch {batch})", flush=True)
     ours = step_bench.time_workload(name, batch_size=batch, warmup=warmup, repeats=repeats, extra=extra)
-    row = {"workload": f"step {name}", "batch": batch, "dtype": ours["dtype"], "ours_ms": ours["step_ms"],
+    label = "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items() if k != "model.dtype")
+    row = {"workload": f"step {name}{label}", "batch": batch, "dtype": ours["dtype"], "ours_ms": ours["step_ms"],
            "ours_with_data_ms": ours["loop_step_ms"], "mfu": ours["mfu"], "compile_s": ours["compile_s"],
            "xla_memory_gib": ours["xla_memory_gib"], "peak_gib": ours["peak_gib"],
            "bound": (f"MFU {ours['mfu']:.0%}" if ours["mfu"] else "-"), "flops_note": ours["flops_note"]}

@@ -163,6 +163,7 @@ def test_posemb_lookup_matches_numpy(lookup):
 @pytest.mark.parametrize("transform,posemb,bound", [("scale_rotate", "interpolate", "reflect"),
                                                     ("translate", "translation", "tanh"),
                                                     ("projective", "learn", "tanh")])
+@pytest.mark.slow
 def test_front_end_matches_numpy(transform, posemb, bound):
   """Given raw parameters, tokens and positional codes equal sampler + linear embedding + lookup."""
   front = adaptive.AdaptivePatching(width=24, patch_size=4, transform=transform, bound=bound, max_scale=0.3,
@@ -253,6 +254,7 @@ MODELS = {
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.slow
 def test_every_model_is_batch_independent(name):
   cfg = MODELS[name]
   registry.check_image_fits(cfg, (32, 32, 3))
@@ -273,6 +275,7 @@ def test_batch_independence_check_catches_attention_across_the_batch():
 
 
 @pytest.mark.parametrize("transform", ["translate", "scale_rotate", "projective"])
+@pytest.mark.slow
 def test_identity_init_apvit_computes_the_vit(transform):
   vit = registry.build_model(model_config("grid"), 10)
   fields = dict(transform=transform, posemb="interpolate", bound="reflect", identity_init=True, max_scale=0.3)
@@ -306,6 +309,7 @@ def _loss_grads(cfg, seed):
   return jax.jit(jax.grad(loss))(params)
 
 
+@pytest.mark.slow
 def test_gradients_reach_the_localisation_network():
   grads = _loss_grads(model_config("adaptive", transform="scale_rotate", posemb="interpolate",
                                    stn_dropout=0.1, max_scale=0.3), 12)
@@ -319,6 +323,7 @@ def test_gradients_reach_the_localisation_network():
     assert np.abs(g).max() > 0, f"no gradient reaches {path}"
 
 
+@pytest.mark.slow
 def test_identity_start_moves_every_patch_including_border_tiles():
   """With the reflect bound the outer tiles (at the image border) still get translation gradients;
   tanh would need raw = +-inf there, where its gradient is 0."""
@@ -382,6 +387,7 @@ def test_cosine_warm_restarts_schedule():
     np.testing.assert_allclose(float(schedule(step)), want(step), rtol=1e-5, atol=1e-9, err_msg=str(step))
 
 
+@pytest.mark.slow
 def test_localisation_network_takes_its_own_learning_rate():
   model = registry.build_model(MODELS["apvit"], 10)
   params = init_params(model, jnp.zeros((1, 32, 32, 3)), 0)

@@ -68,6 +68,7 @@ def test_resized_crop_boxes_follow_torchvision():
   assert len(np.unique(top)) > 10 and len(np.unique(left)) > 10
 
 
+@pytest.mark.slow
 def test_resized_crop_resamples_the_box():
   """Output pixel (i, j) reads the crop box at ((j + 0.5) cw / W - 0.5 + left, ...), edge-clamped."""
   rng = np.random.default_rng(2)
@@ -84,6 +85,7 @@ def test_resized_crop_resamples_the_box():
   np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=1e-4, atol=1e-3)
 
 
+@pytest.mark.slow
 def test_pit_recipe_augmentation_compiles_and_stays_in_range():
   """The full MoCo-v3 pipeline of configs/pit_t_cifar100.py under jit on an RGB batch."""
   from configs import pit_t_cifar100

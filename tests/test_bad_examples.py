@@ -67,6 +67,7 @@ def test_shard_of_names_the_file_and_record():
   assert shard_of(shards, 9) == ""
 
 
+@pytest.mark.slow
 def test_training_on_a_streamed_source_with_a_bad_record(tmp_path, monkeypatch):
   """The trainer end to end (a tfds source read on demand): one record of the training split raises;
   without skipping the run stops naming it, with skipping it finishes and logs the count."""

@@ -171,6 +171,7 @@ def test_crop_flip_copies_pixels(w):
       np.testing.assert_allclose(got[i], want, rtol=0, atol=255 * 8 * np.finfo(np.float32).eps * w)
 
 
+@pytest.mark.slow
 def test_rotation_keeps_centre_and_mass():
   rng = np.random.default_rng()
   images = rng.integers(0, 256, (4, 17, 17, 1)).astype(np.uint8)

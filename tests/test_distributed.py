@@ -86,6 +86,7 @@ def test_importing_the_entry_points_leaves_the_backend_uninitialised():
   assert out.returncode == 0, out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
   """One reference process (4 devices) and two 2-process runs (pmap and shard_map), all at once."""
   ref_dir = tmp_path / "one_process"

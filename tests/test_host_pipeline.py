@@ -48,6 +48,7 @@ def test_resolve_workers():
 
 
 @pytest.mark.parametrize("seeds", [(0,), (3, 4)], ids=["one_seed", "two_seeds"])
+@pytest.mark.slow
 def test_two_workers_make_the_batches_the_training_process_makes(seeds):
   """Megapixel canvases drawn in two spawned workers equal those drawn here, step by step, and a pipeline
   started at step 5 (a resumed run) gives the tail of one started at 0."""
@@ -59,6 +60,7 @@ def test_two_workers_make_the_batches_the_training_process_makes(seeds):
   assert not np.array_equal(here[0]["images"], here[1]["images"])
 
 
+@pytest.mark.slow
 def test_evaluation_batches_and_host_slices_in_workers():
   """Each of two hosts reads its half of every evaluation batch (the last one padded and masked)."""
   split = megapixel_split()
@@ -78,6 +80,7 @@ def test_an_unreadable_example_in_a_worker_stops_with_its_name():
     batches_of(make, items, workers=2)
 
 
+@pytest.mark.slow
 def test_skipped_examples_found_in_workers_are_counted_here():
   """With skip_bad_examples the workers replace index 13 by 14 and 27 by 28; their record of it comes back
   with the batches, so the training process's split counts both, and the batches equal those made here."""
@@ -91,6 +94,7 @@ def test_skipped_examples_found_in_workers_are_counted_here():
   assert "OSError" in in_workers.bad[13]
 
 
+@pytest.mark.slow
 def test_streamed_tfds_batches_in_workers():
   tfds = pytest.importorskip("tensorflow_datasets")
   c = base_config.base_config()

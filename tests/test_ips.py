@@ -77,6 +77,7 @@ def _init(model, inputs, scale=0.3):
 
 
 @pytest.mark.parametrize("memory,chunk", [(10, 15), (7, 1), (1, 40)])
+@pytest.mark.slow
 def test_one_head_one_task_iterative_selection_is_global_top_m(memory, chunk):
   """With one head and one query, a patch's softmax weight is monotone in its own logit, so keeping
   the top-M chunk by chunk gives the global top-M of all N scores."""
@@ -92,6 +93,7 @@ def test_one_head_one_task_iterative_selection_is_global_top_m(memory, chunk):
   np.testing.assert_array_equal(np.sort(picked, 1), np.sort(best, 1))
 
 
+@pytest.mark.slow
 def test_many_heads_and_tokens_still_select_m_distinct_patches():
   model = _features_model(heads=4, tasks=(("a", 3), ("b", 4)))
   feats = jnp.asarray(RNG.normal(size=(2, 50, 12)), jnp.float32)
@@ -100,6 +102,7 @@ def test_many_heads_and_tokens_still_select_m_distinct_patches():
   assert all(len(set(row)) == 6 and row.min() >= 0 and row.max() < 50 for row in picked)
 
 
+@pytest.mark.slow
 def test_three_loading_modes_select_the_same_patches():
   model = ips.IPSNet(tasks=(("a", 10), ("b", 10)), encoder="resnet18", num_stages=1, dim=32, num_heads=2,
                      head_dim=8, mlp_dim=32)
@@ -150,6 +153,7 @@ def _ips_config(loading="eager"):
   return c
 
 
+@pytest.mark.slow
 def test_no_gradient_flows_through_the_selection():
   """The gradient of the train loss equals the gradient with the selected positions given as constants:
   the selection pass contributes nothing (and is not differentiated)."""
@@ -277,6 +281,7 @@ def test_selected_boxes_point_at_the_extracted_patches():
     np.testing.assert_array_equal(images[0, r:r + 5, c:c + 5], patches[0, n])
 
 
+@pytest.mark.slow
 def test_ips_figures_show_the_selected_patches(tmp_path):
   """eval.py --visualize for IPS: one PNG per image, the selection the model makes, labels and predictions
   for every task in the title."""
@@ -297,6 +302,7 @@ def test_ips_figures_show_the_selected_patches(tmp_path):
   assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 5000 for p in paths)
 
 
+@pytest.mark.slow
 def test_ips_figures_show_the_selection_evaluation_makes(tmp_path, monkeypatch):
   """eval.py --visualize draws the patches evaluation selects: the same selection key. Blank patches tie
   in score (no position code here), so a different key would pick different ones among them."""
@@ -325,6 +331,7 @@ def test_ips_figures_show_the_selection_evaluation_makes(tmp_path, monkeypatch):
   assert len(drawn) == 3
 
 
+@pytest.mark.slow
 def test_lazy_selection_is_built_once_per_run(tmp_path, monkeypatch):
   """Lazy IPS: one host selector (one compilation) for all training steps and every evaluation."""
   from apvit_jax.training import loop
@@ -343,6 +350,7 @@ def test_lazy_selection_is_built_once_per_run(tmp_path, monkeypatch):
   assert summary["final_step"] == 8 and len(built) == 1
 
 
+@pytest.mark.slow
 def test_initialisation_follows_the_authors_code():
   """Query tokens start uniform on ±sqrt(1/d_k); every BatchNorm scale starts at one (torchvision's
   default, which the authors keep); the feature projector's LayerNorm has PyTorch's eps 1e-5."""

@@ -8,6 +8,8 @@ import subprocess
 import sys
 import zipfile
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -16,6 +18,7 @@ def pip(*args, cwd=None):
   assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_wheel_installs_the_library_and_the_commands(tmp_path):
   # Built from a copy: setuptools writes build/ and *.egg-info/ next to pyproject.toml, not into the checkout.
   source = tmp_path / "source"

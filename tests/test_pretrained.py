@@ -81,6 +81,7 @@ def load(cfg, flat, image_hw, classes=CLASSES):
                                       dict(transform="scale_rotate", bound="reflect", identity_init=True,
                                            max_scale=0.5, posemb="interpolate")],
                          ids=["vit", "vit_scanned_layers", "apvit_identity_start"])
+@pytest.mark.slow
 def test_npz_import_matches_numpy_forward(tmp_path, adaptive):
   """Our ViT, and an APViT on its identity start, compute the .npz model's logits."""
   rng = np.random.default_rng(0)
@@ -94,6 +95,7 @@ def test_npz_import_matches_numpy_forward(tmp_path, adaptive):
   np.testing.assert_allclose(np.asarray(logits, np.float64), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_new_class_count_and_resolution(tmp_path):
   """5 classes at 24×24: the encoder is loaded, the head stays fresh (pre_logits dropped), and the 4×4
   position grid is resized to 6×6 with the cls position kept."""
@@ -165,6 +167,7 @@ def test_config_init_from(tmp_path):
   np.testing.assert_array_equal(state.params["head"]["kernel"], flat["head/kernel"])
 
 
+@pytest.mark.slow
 def test_init_from_our_own_workdir_at_another_resolution(tmp_path):
   """A run trained on 40×40 digits (5×5 grid of 8×8 patches) starts another at 24×24 (3×3 grid) with the
   position grid resized on restore, and an APViT starts from the same workdir (front-end kept fresh)."""

@@ -46,6 +46,7 @@ def test_summarize_matches_numpy():
   assert one == {"loss": 2.5, "count": 40}
 
 
+@pytest.mark.slow
 def test_replica_state_is_the_one_seed_state():
   stacked = run_lib.setup(tiny_config(num_seeds=3, seed=SEED, **RECIPE))
   assert stacked.seeds == (SEED, SEED + 1, SEED + 2)
@@ -168,6 +169,7 @@ def test_ips_replicas_with_batch_statistics_equal_one_seed_runs(tmp_path):
     chex.assert_trees_all_close(jax.tree.map(lambda x: x[1], stacked[part]), single[part], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_init_from_gives_every_replica_the_pretrained_weights(tmp_path):
   loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path / "source")
   run = run_lib.setup(tiny_config(num_seeds=2, init_from=str(tmp_path / "source")))
@@ -192,6 +194,7 @@ def old_run_config(**overrides):
                         "model.num_heads": 2, "model.dropout": 0.1, **overrides})
 
 
+@pytest.mark.slow
 def test_checkpoints_from_before_num_seeds_restore_and_evaluate(tmp_path):
   work = copy_old_run(tmp_path)
   logged = by_step(logged_metrics(work), "test")
@@ -227,6 +230,7 @@ def test_seed_index_out_of_range_is_refused(tmp_path):
     eval_lib.evaluate_checkpoint(old_run_config(num_seeds=2), work, seed_index=2)
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_names_the_replicas(tmp_path):
   blowup = {"optim.lr": 1e12, "optim.warmup_epochs": 0.0, "total_steps": 8, "log_every_steps": 1,
             "num_seeds": 2}

@@ -104,6 +104,7 @@ def test_regular_grid_reproduces_tiles(hw, p):
     np.testing.assert_allclose(got, tiles, rtol=0, atol=tol)
 
 
+@pytest.mark.slow
 def test_bfloat16():
   rng = np.random.default_rng()
   images = rng.normal(size=(2, 12, 10, 3)).astype(np.float32)
@@ -222,6 +223,7 @@ def test_affine_grid_gradient_matches_numpy():
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_grid_sample_check_grads_float64():
   """The custom_vjp against finite differences, directly on a grid (not through affine_grid)."""
   rng = np.random.default_rng()

@@ -78,6 +78,7 @@ def gradients(fn, images, theta, cotangent):
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("padding_mode,align_corners", [("zeros", False), ("border", True), ("zeros", True)])
+@pytest.mark.slow
 def test_values_and_gradients_equal_the_gather_sampler(padding_mode, align_corners, dtype):
   """Random maps (in, across and outside the image) and the exact ViT tiles, whose samples fall on pixel
   centres (every right-hand weight exactly 0, yet its pixel enters the map gradient)."""
@@ -108,6 +109,7 @@ def test_values_and_gradients_equal_the_gather_sampler(padding_mode, align_corne
     np.testing.assert_array_equal(np.asarray(got_theta)[..., ~used], 0.0)
 
 
+@pytest.mark.slow
 def test_check_grads_float64():
   rng = np.random.default_rng(3)
   with jax.enable_x64(True):
@@ -129,6 +131,7 @@ def test_bad_arguments_raise():
 
 
 @pytest.mark.parametrize("transform", ["translate", "scale", "aniso_scale"])
+@pytest.mark.slow
 def test_front_end_gives_the_same_tokens_and_gradients_with_either_sampler(transform):
   rng = np.random.default_rng(11)
   images = jnp.asarray(rng.normal(size=(2, 16, 16, 3)), jnp.float32)

@@ -56,6 +56,7 @@ def run_steps(config, devices, num_steps=2):
   return np.array(losses), par.unreplicate(state.params)
 
 
+@pytest.mark.slow
 def test_pmap_shard_map_and_one_device_agree():
   assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
   # Augmentation on (crop + flip + rotation): its keys come from global batch positions.
@@ -100,6 +101,7 @@ def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
   return killed_at
 
 
+@pytest.mark.slow
 def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
   # Uninterrupted reference run.
@@ -152,6 +154,7 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   assert all(pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written["figures"])
 
 
+@pytest.mark.slow
 def test_streaming_tfds_source_trains(tmp_path):
   """Host-fed batches (a tfds source read on demand, resized on the host) through the same step, made in
   the training process and in two grain worker processes: the same losses and accuracies, to the bit."""
@@ -176,6 +179,7 @@ def logged_metrics(workdir):
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.slow
 def test_every_config_smoke(path, tmp_path):
   doc = path.read_text()
   assert "python train.py --config=configs/" in doc, f"{path.name}: docstring must give the command"
@@ -234,6 +238,7 @@ def test_summary_says_how_batches_are_fed():
       "streamed, made in this process (data.workers=0)")
 
 
+@pytest.mark.slow
 def test_shard_map_run_resumes_under_pmap(tmp_path):
   """A checkpoint written under shard_map resumes under pmap and continues as one uninterrupted run."""
   loop.train_and_evaluate(tiny_config(total_steps=8, parallel="shard_map"), tmp_path / "ref")
@@ -252,6 +257,7 @@ def test_shard_map_run_resumes_under_pmap(tmp_path):
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_mismatched_checkpoint_is_refused_and_kept(tmp_path):
   loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
   before = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
@@ -260,6 +266,7 @@ def test_mismatched_checkpoint_is_refused_and_kept(tmp_path):
   assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.slow
 def test_rerunning_a_finished_run_changes_nothing(tmp_path):
   config = tiny_config(total_steps=4)
   loop.train_and_evaluate(config, tmp_path)
@@ -284,6 +291,7 @@ def test_bad_command_line_fails_before_any_work(tmp_path, flag, message):
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_corrupted_checkpoint_is_named_and_left_untouched(tmp_path):
   loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
   step_dir = tmp_path / "checkpoints" / "4"
@@ -295,6 +303,7 @@ def test_corrupted_checkpoint_is_named_and_left_untouched(tmp_path):
   assert {f: f.read_bytes() for f in tmp_path.rglob("*") if f.is_file()} == before
 
 
+@pytest.mark.slow
 def test_nonfinite_loss_stops_with_the_step_or_is_skipped(tmp_path):
   """An absurd learning rate makes the loss NaN within a few steps: by default the run stops naming the
   step and the kept checkpoint; with skip_nonfinite_steps the bad steps change nothing and it finishes."""
@@ -340,6 +349,7 @@ def test_set_fields_refuses_unknown_fields():
   assert "widht" not in c.model and set_fields(c, {"model.width": 24}).model.width == 24
 
 
+@pytest.mark.slow
 def test_step_ms_excludes_evaluation_and_checkpoints(tmp_path, monkeypatch):
   """log_efficiency's step_ms after an evaluation measures training steps only."""
   real = eval_lib.evaluate
@@ -354,6 +364,7 @@ def test_step_ms_excludes_evaluation_and_checkpoints(tmp_path, monkeypatch):
   assert max(step_ms.values()) < 1000, step_ms
 
 
+@pytest.mark.slow
 def test_evaluation_and_resume_do_not_need_a_moved_init_from(tmp_path):
   """config.init_from is read when a run starts; evaluating or resuming it later does not need it."""
   loop.train_and_evaluate(tiny_config(total_steps=2), tmp_path / "source")
@@ -366,6 +377,7 @@ def test_evaluation_and_resume_do_not_need_a_moved_init_from(tmp_path):
     loop.train_and_evaluate(config(4), tmp_path / "new")
 
 
+@pytest.mark.slow
 def test_metrics_file_cut_mid_line_still_resumes_and_evaluates(tmp_path):
   """A kill during a metrics write leaves a partial last line: resuming sets it aside (kept in
   metrics.jsonl.partial) and goes on; every line of metrics.jsonl is a record again."""
@@ -381,6 +393,7 @@ def test_metrics_file_cut_mid_line_still_resumes_and_evaluates(tmp_path):
   assert eval_lib.evaluate_checkpoint(tiny_config(total_steps=8), tmp_path)["step"] == 8
 
 
+@pytest.mark.slow
 def test_disk_full_stops_clearly_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
   """A save the file system refuses (ENOSPC, injected where orbax's manager is called) stops the run with
   a message naming the directory; the earlier checkpoint stays restorable and the same command resumes."""
@@ -404,6 +417,7 @@ def test_disk_full_stops_clearly_and_keeps_earlier_checkpoints(tmp_path, monkeyp
   assert loop.train_and_evaluate(tiny_config(total_steps=8), tmp_path)["final_step"] == 8
 
 
+@pytest.mark.slow
 def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
   """A real write failure inside orbax's background writer: the file size limit (RLIMIT_FSIZE, lowered for
   this process only) makes tensorstore's writes of step 6 fail with EFBIG, which it reports as a ValueError

@@ -46,6 +46,7 @@ def test_matches_numpy_forward(pool):
   assert aux["tokens"].shape == (3, 6 + (pool == "token"), 16)
 
 
+@pytest.mark.slow
 def test_pixel_transformer_and_bf16():
   rng = np.random.default_rng()
   model = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1, dtype=jnp.bfloat16)
@@ -61,6 +62,7 @@ def test_pixel_transformer_and_bf16():
   np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=5e-2, atol=5e-2 * np.abs(ref).max())
 
 
+@pytest.mark.slow
 def test_batch_independence_and_dropout_rng():
   rng = np.random.default_rng()
   model = ViT(num_classes=4, width=16, depth=2, num_heads=2, patch_size=4, dropout=0.1, drop_path=0.1)
@@ -115,6 +117,7 @@ def test_drop_path_drops_whole_examples_and_keeps_the_mean():
 
 
 @pytest.mark.parametrize("remat,scan", [(True, False), (False, True), (True, True)])
+@pytest.mark.slow
 def test_remat_and_scan_give_the_plain_loss_and_gradients(remat, scan):
   """Same weights (stacked for scan) -> same training loss and gradients as the plain model."""
   from apvit_jax.models.vit import stack_blocks
@@ -137,6 +140,7 @@ def test_remat_and_scan_give_the_plain_loss_and_gradients(remat, scan):
     np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_scanned_layers_keep_their_drop_path_rates():
   """Under scan the drop rates are traced per-layer inputs: training still drops branches (finite,
   different from evaluation)."""
