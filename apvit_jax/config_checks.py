@@ -202,13 +202,18 @@ def flat_fields(c: ml_collections.ConfigDict, prefix: str = "") -> dict:
   return out
 
 
+class ConfigError(ValueError):
+  """A config that cannot work, said in one line naming the field(s). The commands print it as a usage
+  error (no traceback: nothing is wrong with the program)."""
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first field whose value its rule refuses (fields without a rule, which
+  """Raises ConfigError naming the first field whose value its rule refuses (fields without a rule, which
   config files may add for their own use, are not checked here)."""
   for field, value in flat_fields(config).items():
     rule = RULES.get(field)
     error = rule(value) if rule else None
     if error and error.startswith("choose from"):
-      raise ValueError(f"unknown {field}={value!r}; {error}")
+      raise ConfigError(f"unknown {field}={value!r}; {error}")
     if error:
-      raise ValueError(f"config.{field}={value!r}: {error}")
+      raise ConfigError(f"config.{field}={value!r}: {error}")

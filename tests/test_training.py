@@ -281,13 +281,19 @@ def test_rerunning_a_finished_run_changes_nothing(tmp_path):
     ("--config.batch_size=many", "batch_size"),                    # wrong type
     ("--config.optim.lr=fast", "optim.lr"),
     ("--config=configs/quickstart.py:tiny", "unknown config arg 'tiny'"),
+    ("--config.optim.lr=-1.0", "config error: config.optim.lr=-1.0: must be in (0.0, inf]"),   # a rule
+    ("--config.model.patch_size=64", "config error: patch size 64 is larger than the 40x40 image"),  # vs data
 ])
 def test_bad_command_line_fails_before_any_work(tmp_path, flag, message):
+  """A clear message on stderr, nothing written; a config error (ours) also without a traceback (nothing is
+  wrong with the program). The command-line parse errors are absl's and ml_collections' own."""
   args = train_cmd(tmp_path, flag)
   if flag.startswith("--config="):  # replaces the config file itself
     args.remove("--config=configs/quickstart.py:smoke")
   out = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
   assert out.returncode != 0 and message in out.stderr, out.stderr[-2000:]
+  if message.startswith("config error"):
+    assert "Traceback" not in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 

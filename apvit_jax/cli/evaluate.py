@@ -17,7 +17,7 @@ import pathlib
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from apvit_jax.cli import start
+from apvit_jax.cli import config_errors_as_usage_errors, start
 
 from apvit_jax.training.evaluate import evaluate_checkpoint
 
@@ -51,8 +51,9 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
   f = flags.FLAGS
-  result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize,
-                               confusion=f.confusion, seed_index=f.seed_index)
+  with config_errors_as_usage_errors():
+    result = evaluate_checkpoint(f.config, f.workdir, step=f.step, split=f.split, figures=f.visualize,
+                                 confusion=f.confusion, seed_index=f.seed_index)
   seed = f"_seed{result['seed']}" if "seed" in result else ""
   out = pathlib.Path(f.output or pathlib.Path(f.workdir) / f"eval_{result['step']}_{result['split']}{seed}.json")
   out.write_text(json.dumps(result, indent=2) + "\n")

@@ -13,7 +13,7 @@ set JAX_COORDINATOR_ADDRESS=host:port, JAX_NUM_PROCESSES and JAX_PROCESS_ID.
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from apvit_jax.cli import start
+from apvit_jax.cli import config_errors_as_usage_errors, start
 
 from apvit_jax.training.loop import train_and_evaluate
 
@@ -29,7 +29,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # orbax logs every file it writes at INFO
-  train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+  with config_errors_as_usage_errors():
+    train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
 
 
 def run():

@@ -11,7 +11,7 @@ import pathlib
 import jax
 import numpy as np
 
-from apvit_jax.config_checks import check_config
+from apvit_jax.config_checks import ConfigError, check_config
 from apvit_jax.data import host_pipeline, sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
@@ -54,10 +54,13 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   dataset = sources.load(config.data)
   family = registry.family(config.model, config.augment)
   tasks = family.tasks(dataset.task_spec, dataset.name)
-  family.check(dataset.image_shape)
   seeds = replicas.seeds(config)
-  if len(seeds) > 1:
-    family.check_replicas(len(seeds))
+  try:   # the model's fields against each other and the data: a config error, not a program error
+    family.check(dataset.image_shape)
+    if len(seeds) > 1:
+      family.check_replicas(len(seeds))
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
   if config.num_classes and config.num_classes != dataset.num_classes:
     raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
                      f"{dataset.num_classes} classes")
