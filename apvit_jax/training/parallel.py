@@ -13,6 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from apvit_jax.config_checks import ConfigError
 from apvit_jax.training.step import AXIS
 
 MODES = ("pmap", "shard_map")
@@ -71,7 +72,7 @@ class Parallel:
   def check_batch(self, global_batch: int) -> int:
     """Per-device batch; raises if the global batch does not split evenly."""
     if global_batch % self.num_devices:
-      raise ValueError(f"global batch_size={global_batch} is not divisible by the device count "
+      raise ConfigError(f"global batch_size={global_batch} is not divisible by the device count "
                        f"({self.num_devices} devices on {jax.process_count()} host(s))")
     return global_batch // self.num_devices
 

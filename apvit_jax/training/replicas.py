@@ -19,6 +19,8 @@ from __future__ import annotations
 import jax
 import numpy as np
 
+from apvit_jax.config_checks import ConfigError
+
 # Metrics that are the same for every replica: written once, under their own name.
 SHARED = ("lr", "count", "epoch", "images_per_sec")
 
@@ -26,7 +28,7 @@ SHARED = ("lr", "count", "epoch", "images_per_sec")
 def seeds(config) -> tuple[int, ...]:
   """The replicas' seeds: config.seed, config.seed + 1, ..., config.seed + num_seeds - 1."""
   if config.seed + config.num_seeds - 1 > 2 ** 31 - 1:
-    raise ValueError(f"config.seed={config.seed} + config.num_seeds={config.num_seeds} - 1 must be < 2**31")
+    raise ConfigError(f"config.seed={config.seed} + config.num_seeds={config.num_seeds} - 1 must be < 2**31")
   return tuple(config.seed + k for k in range(config.num_seeds))
 
 

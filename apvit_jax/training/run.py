@@ -62,15 +62,15 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   except ValueError as e:
     raise ConfigError(str(e)) from e
   if config.num_classes and config.num_classes != dataset.num_classes:
-    raise ValueError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
+    raise ConfigError(f"config.num_classes={config.num_classes} but dataset {dataset.name!r} has "
                      f"{dataset.num_classes} classes")
   steps_per_epoch = len(dataset.train) // config.batch_size
   if steps_per_epoch == 0:
-    raise ValueError(f"batch_size={config.batch_size} is larger than the training set "
+    raise ConfigError(f"batch_size={config.batch_size} is larger than the training set "
                      f"({len(dataset.train)} examples)")
   total_steps = config.total_steps or int(config.num_epochs * steps_per_epoch)
   if for_training and total_steps <= 0:
-    raise ValueError("nothing to train: set num_epochs or total_steps > 0")
+    raise ConfigError("nothing to train: set num_epochs or total_steps > 0")
   if for_training and not resuming and config.init_from:
     check_init_from(config.init_from)
   model = family.build(dataset.num_classes, tasks)
