@@ -249,17 +249,27 @@ def _corners(g: jax.Array, b: int, h: int, w: int, padding_mode: str, align_corn
   """
   def axis(coord, n):
     scale = (n - 1) / 2.0 if align_corners else n / 2.0
-    pixel = _unnormalise(coord, n, align_corners)
-    lo, hi = (-1.0, float(n)) if padding_mode == "zeros" else (0.0, n - 1.0)
-    clamped = jnp.clip(pixel, lo, hi)
-    left = jnp.minimum(jnp.floor(clamped), n - 1.0)
-    slope = jnp.where((pixel > lo) & (pixel < hi), scale, 0.0).astype(coord.dtype)
+    clamped, left, inside = clamp_for_reads(_unnormalise(coord, n, align_corners), n, padding_mode)
+    slope = jnp.where(inside, scale, 0.0).astype(coord.dtype)
     return left.astype(jnp.int32) + 1, clamped - left, slope
 
   x0, wx, dx = axis(g[:, 0], w)
   y0, wy, dy = axis(g[:, 1], h)
   image_start = jnp.repeat(jnp.arange(b, dtype=jnp.int32) * ((h + 2) * (w + 2)), g.shape[0] // b)
   return jax.lax.optimization_barrier((image_start + y0 * (w + 2) + x0, wx, wy, dx, dy))
+
+
+def clamp_for_reads(pixel: jax.Array, n: int, padding_mode: str):
+  """Pixel coordinates along an axis of n pixels (any shape) -> (clamped, left, inside), each that shape.
+
+  clamped: the coordinate clamped to [-1, n] (zeros: beyond, both corners read zero padding) or [0, n - 1]
+  (border). left: floor(clamped) as a float, at most n - 1, so the right corner is at most n. inside: the
+  coordinate lies strictly within those limits, the only place where grid_sample passes its gradient
+  (PyTorch's clip_coordinates_set_grad gives 0 outside and on the limits themselves).
+  """
+  lo, hi = (-1.0, float(n)) if padding_mode == "zeros" else (0.0, n - 1.0)
+  clamped = jnp.clip(pixel, lo, hi)
+  return clamped, jnp.minimum(jnp.floor(clamped), n - 1.0), (pixel > lo) & (pixel < hi)
 
 
 def _corner_offsets(w: int) -> tuple[int, int, int, int]:

@@ -81,17 +81,14 @@ def _axis_weights(scale, offset, p, n, window, align_corners, padding_mode, dtyp
   """One axis: (B, N) scale and offset -> the (B, N, P, window) bilinear weight matrix and each patch's
   window start (B, N) in the image padded by one pixel (index 0 is the padding pixel left of pixel 0).
 
-  As in `sampler`'s fused path: the pixel coordinate is clamped to [-1, n] (zeros: beyond, both corners
-  read the padding) or [0, n - 1] (border), the left corner to at most n - 1.
+  Clamped as in `sampler`'s fused path (`sampler.clamp_for_reads`); the gradient reaches the map only where
+  the coordinate lies strictly inside the clamp limits.
   """
   base = sampler._base_coords(p, align_corners, dtype)                       # (P,)
   pixel = sampler._unnormalise(scale[..., None].astype(dtype) * base + offset[..., None].astype(dtype), n,
                                align_corners)                                # (B, N, P)
-  lo, hi = (-1.0, float(n)) if padding_mode == "zeros" else (0.0, n - 1.0)
-  # Clamped where outside, with no gradient there or on the limit itself (PyTorch's clip_coordinates_set_grad).
-  pixel = jnp.where((pixel > lo) & (pixel < hi), pixel, jax.lax.stop_gradient(jnp.clip(pixel, lo, hi)))
-  left = jnp.minimum(jnp.floor(pixel), n - 1.0)
-  frac = pixel - jax.lax.stop_gradient(left)
+  clamped, left, inside = sampler.clamp_for_reads(pixel, n, padding_mode)
+  frac = jnp.where(inside, pixel, jax.lax.stop_gradient(clamped)) - jax.lax.stop_gradient(left)
   left = left.astype(jnp.int32) + 1                                          # in the padded image
   start = jnp.clip(jnp.min(left, axis=-1), 0, n + 2 - window)                # (B, N)
   k = jnp.arange(window, dtype=jnp.int32)

@@ -70,7 +70,8 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
       images, theta = sampler_bench._inputs(batch, side, patch, axis_aligned=axis_aligned)
       cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
       image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
-      gather_here = {mode: fn for mode, fn, *_ in _sampler_passes(gather, images, theta, cotangent, 0, 0)}
+      gather_here = (dict((mode, fn) for mode, fn, *_ in _sampler_passes(gather, images, theta, cotangent, 0, 0))
+                     if axis_aligned else {})
       for mode, fn, args, moved in _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
         ms = timed(fn, args)
         row = {"workload": f"sampler {label}{mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
