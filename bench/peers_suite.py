@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import traceback
 
 import jax
 import numpy as np
@@ -109,6 +110,11 @@ def peer_shape(config) -> dict:
               classes=int(config.data.name.split(":")[2]), dropout=m.dropout)
 
 
+def step_name(name: str, overrides: dict) -> str:
+  """The row label: "step NAME" and the overrides that change the model (not the dtype)."""
+  return f"step {name}" + "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items() if k != "model.dtype")
+
+
 def step_rows(steps, *, tiny: bool, warmup: int, repeats: int) -> list[dict]:
   _, why_not = torch_peers.torch_or_reason()
   rows = []
@@ -120,8 +126,7 @@ def step_rows(steps, *, tiny: bool, warmup: int, repeats: int) -> list[dict]:
     batch = 2 if tiny else batch
     print(f"... {name} (batch {batch})", flush=True)
     ours = step_bench.time_workload(name, batch_size=batch, warmup=warmup, repeats=repeats, extra=extra)
-    label = "".join(f" {k.split('.')[-1]}={v}" for k, v in overrides.items() if k != "model.dtype")
-    row = {"workload": f"step {name}{label}", "batch": batch, "dtype": ours["dtype"], "ours_ms": ours["step_ms"],
+    row = {"workload": step_name(name, overrides), "batch": batch, "dtype": ours["dtype"], "ours_ms": ours["step_ms"],
            "ours_with_data_ms": ours["loop_step_ms"], "mfu": ours["mfu"], "compile_s": ours["compile_s"],
            "xla_memory_gib": ours["xla_memory_gib"], "peak_gib": ours["peak_gib"],
            "bound": (f"MFU {ours['mfu']:.0%}" if ours["mfu"] else "-"), "flops_note": ours["flops_note"]}
@@ -159,21 +164,59 @@ COLUMNS = [("workload", "workload", ""), ("batch", "batch", "d"), ("ours_ms", "o
            ("peer", "peer", "")]
 
 
+def jobs(preset: str, *, tiny: bool, warmup: int, repeats: int) -> list[tuple[str, object]]:
+  """The suite as (name, () -> rows) jobs: one per sampler size, one per train-step workload."""
+  spec = PRESETS[preset]
+  out = [(f"sampler {size[0]}", lambda size=size: sampler_rows((size,), warmup=warmup, repeats=repeats))
+         for size in (TINY_SAMPLER if tiny else spec["sampler"])]
+  for step in spec["steps"]:
+    out.append((step_name(step[0], step[3]),
+                lambda step=step: step_rows((step,), tiny=tiny, warmup=warmup, repeats=repeats)))
+  return out
+
+
+def check_out(out: pathlib.Path) -> None:
+  """Refuses, before any work, a folder that already holds a suite's results (never overwritten)."""
+  for name in ("results.json", "results.md"):
+    if (out / name).exists():
+      raise FileExistsError(f"{out / name} exists: give another --out (results are never overwritten)")
+
+
 def run(preset: str, out: str | pathlib.Path, *, tiny: bool = False, warmup: int = 3, repeats: int = 10,
         command: str = "") -> dict:
-  """Runs one preset ("gpu" or "cpu"), writes out/results.json and out/results.md, returns the result."""
-  spec = PRESETS[preset]
-  rows = sampler_rows(TINY_SAMPLER if tiny else spec["sampler"], warmup=warmup, repeats=repeats)
-  rows += step_rows(spec["steps"], tiny=tiny, warmup=warmup, repeats=repeats)
-  finish(rows)
-  result = {"preset": preset, "tiny": tiny, "machine": common.machine(), "command": command, "rows": rows}
-  table = common.table(rows, COLUMNS)
-  notes = [f"- {r['workload']}: {r['note']}" for r in rows if r.get("note")]
+  """Runs one preset ("gpu" or "cpu"), writes out/results.json and out/results.md, returns the result.
+
+  Both files are rewritten after every job (a sampler size, a train step), so a run stopped by a time
+  limit keeps what it measured ("complete": false). A job that raises (out of memory, a kernel the device
+  lacks) becomes a row with its "error"; the others still run."""
   out = pathlib.Path(out)
+  check_out(out)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-  (out / "results.md").write_text(f"# {preset} suite\n\n`{command}`\n\n{json.dumps(result['machine'])}\n\n"
-                                  f"{table}\n\n" + "\n".join(notes) + "\n")
+  result = {"preset": preset, "tiny": tiny, "machine": common.machine(), "command": command,
+            "complete": False, "rows": []}
+  for name, job in jobs(preset, tiny=tiny, warmup=warmup, repeats=repeats):
+    try:
+      rows = job()
+    except Exception as e:  # noqa: BLE001 -- one workload's failure must not cost the others' numbers
+      traceback.print_exc()
+      rows = [{"workload": name, "error": f"{type(e).__name__}: {e}"[:1000]}]
+    result["rows"] += finish(rows)
+    _write(out, result)
+  result["complete"] = True
+  table, notes = _write(out, result)
   print(table)
   print("\n".join(notes))
   return result
+
+
+def _write(out: pathlib.Path, result: dict) -> tuple[str, list[str]]:
+  rows = result["rows"]
+  table = common.table(rows, COLUMNS)
+  notes = [f"- {r['workload']}: {r['note']}" for r in rows if r.get("note")]
+  notes += [f"- {r['workload']}: FAILED {r['error']}" for r in rows if r.get("error")]
+  if not result["complete"]:
+    notes.append("- incomplete: the run stopped (or is still running) before its last workload")
+  (out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+  (out / "results.md").write_text(f"# {result['preset']} suite\n\n`{result['command']}`\n\n"
+                                  f"{json.dumps(result['machine'])}\n\n{table}\n\n" + "\n".join(notes) + "\n")
+  return table, notes

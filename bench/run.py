@@ -66,10 +66,18 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown workloads {unknown}; choose from {list(step_bench.WORKLOADS)}")
   command = " ".join(["python -m bench.run", *sys.argv[1:]])
+  if f.json and pathlib.Path(f.json).exists():   # checked before any work; results are never overwritten
+    raise app.UsageError(f"--json={f.json} exists: give another path")
   if f.suite in peers_suite.PRESETS:
     if not f.out:
       raise app.UsageError(f"--suite={f.suite} writes DIR/results.json and DIR/results.md: give --out=DIR")
-    peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
+    try:
+      result = peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
+    except FileExistsError as e:
+      raise app.UsageError(str(e)) from e
+    failed = [r["workload"] for r in result["rows"] if r.get("error")]
+    if failed:   # every other row is measured and written; the exit status says that some are not
+      sys.exit(f"{len(failed)} workload(s) failed (their rows carry the error): {', '.join(failed)}")
     return
   result = {"machine": common.machine(), "command": command}
   print(json.dumps(result["machine"]))

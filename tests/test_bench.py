@@ -80,6 +80,49 @@ def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path):
   assert "| workload |" in (tmp_path / "results.md").read_text()
 
 
+def test_suite_keeps_what_it_measured_when_a_workload_fails_or_the_run_is_cut(tmp_path, monkeypatch):
+  """The suite's files are rewritten after every job: a failing workload becomes a row with its error and
+  the others still run; a run cut short (a device call's time limit) leaves its finished rows, marked
+  incomplete; an existing result is never overwritten. Workloads are faked: this tests the bookkeeping."""
+  steps = [name for name, *_ in peers_suite.PRESETS["gpu"]["steps"]]
+  rows_on_disk = []
+  def fake_time_workload(name, *, batch_size, warmup, repeats, extra):
+    rows_on_disk.append(len(json.loads((out / "results.json").read_text())["rows"]))
+    if name == "apvit_cifar10":
+      raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+    if name == cut_at:
+      raise KeyboardInterrupt   # as a time limit's signal stops the process
+    return {"step_ms": 2.0, "loop_step_ms": 3.0, "dtype": "float32", "mfu": None, "compile_s": 1.0,
+            "xla_memory_gib": 0.1, "peak_gib": None, "flops_note": "XLA cost analysis"}
+  monkeypatch.setattr(peers_suite, "sampler_rows",
+                      lambda sizes, **_: [{"workload": f"sampler forward {sizes[0][0]}", "ours_ms": 1.0}])
+  monkeypatch.setattr(step_bench, "time_workload", fake_time_workload)
+  monkeypatch.setattr(torch_peers, "torch_or_reason", lambda: (None, "torch is not installed"))
+
+  out, cut_at = tmp_path / "whole", None
+  result = peers_suite.run("gpu", out, tiny=True, warmup=0, repeats=1)
+  assert rows_on_disk == list(range(1, len(steps) + 1))   # the sampler row, then one more per step
+  assert result["complete"] and json.loads((out / "results.json").read_text()) == result
+  names = [r["workload"] for r in result["rows"]]
+  assert names[0] == "sampler forward B2 16² 4×8²" and [n.split()[1] for n in names[1:]] == steps
+  failed = [r for r in result["rows"] if "error" in r]
+  assert [r["workload"] for r in failed] == ["step apvit_cifar10"]
+  assert failed[0]["error"] == "RuntimeError: RESOURCE_EXHAUSTED: out of memory" and "ours_ms" not in failed[0]
+  assert all(r["ours_ms"] == 2.0 for r in result["rows"][1:] if r not in failed)
+  assert "step apvit_cifar10: FAILED RuntimeError" in (out / "results.md").read_text()
+  before = (out / "results.json").read_bytes()
+  with pytest.raises(FileExistsError, match="results.json exists"):
+    peers_suite.run("gpu", out, tiny=True)
+  assert (out / "results.json").read_bytes() == before
+
+  out, cut_at, rows_on_disk[:] = tmp_path / "cut", steps[2], []
+  with pytest.raises(KeyboardInterrupt):
+    peers_suite.run("gpu", out, tiny=True, warmup=0, repeats=1)
+  kept = json.loads((out / "results.json").read_text())
+  assert not kept["complete"] and [r["workload"] for r in kept["rows"]] == names[:3]
+  assert "incomplete" in (out / "results.md").read_text()
+
+
 def test_peer_vit_has_our_shape():
   """The PyTorch peer of std_vit_cifar10 is built with the config's patch, width, depth and heads."""
   config = step_bench.workload_config("std_vit_cifar10", 8, 1, {})
