@@ -21,6 +21,7 @@ on a CPU; its timings mean nothing.
 """
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import traceback
@@ -58,8 +59,7 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
   on the same maps without the turn (what it can cut), each forward, fwd+bwd and fwd+bwd to the maps
   alone; the separable rows carry the gather sampler's time on their maps (gather_ms)."""
   torch, why_not = torch_peers.torch_or_reason()
-  _, spec_bw = common.device_peaks(jax.devices()[0])
-  bandwidth = spec_bw or common.copy_bandwidth(num_bytes=1 << 26)
+  spec_bw, bandwidth = _bandwidth()
   timed = lambda fn, args: 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)),
                                                        warmup=max(warmup, 1), repeats=repeats)
   rows = []
@@ -87,6 +87,14 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
               image_grad=mode == "fwd+bwd", warmup=max(warmup, 1), repeats=repeats))
         rows.append(row)
   return rows
+
+
+@functools.cache
+def _bandwidth() -> tuple[float | None, float]:
+  """(the device's data-sheet bandwidth or None, the bandwidth the floors use: that, else one measured copy
+  bandwidth shared by every sampler size of the run)."""
+  _, spec_bw = common.device_peaks(jax.devices()[0])
+  return spec_bw, spec_bw or common.copy_bandwidth(num_bytes=1 << 26)
 
 
 def _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):

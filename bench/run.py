@@ -72,9 +72,10 @@ def main(argv):
     if not f.out:
       raise app.UsageError(f"--suite={f.suite} writes DIR/results.json and DIR/results.md: give --out=DIR")
     try:
-      result = peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
+      peers_suite.check_out(pathlib.Path(f.out))   # before any work, as --json above
     except FileExistsError as e:
       raise app.UsageError(str(e)) from e
+    result = peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
     failed = [r["workload"] for r in result["rows"] if r.get("error")]
     if failed:   # every other row is measured and written; the exit status says that some are not
       sys.exit(f"{len(failed)} workload(s) failed (their rows carry the error): {', '.join(failed)}")
