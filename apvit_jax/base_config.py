@@ -21,6 +21,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.log_every_steps = 50
   c.progress_bar = True
+  c.steps_per_call = 1         # > 1: that many train steps in one compiled call (a lax.scan; fewer
+                               # dispatches for short steps); calls stop at epoch ends, SIGTERM is
+                               # answered between calls
   c.skip_nonfinite_steps = False  # True: a step with a NaN/inf loss or gradient changes nothing (counted
                                  # as "skipped" in the logs); False: the run stops with the step named
   c.init_from = ""             # a vision_transformer-style .npz: start from its weights (new runs only)

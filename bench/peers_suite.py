@@ -40,6 +40,7 @@ PRESETS = {
         "steps": (("vit_s16_224", 256, True, {}), ("pit_t_32", 256, True, {}), ("vit_t2_32", 512, True, {}),
                   ("std_vit_cifar10", 256, True, {}), ("dps_vit_cifar10", 256, False, {}),
                   ("dps_vit_cifar10", 256, False, {"model.adaptive.patch_sampler": "separable"}),
+                  ("dps_vit_cifar10", 256, False, {"steps_per_call": 8}),
                   ("apvit_cifar10", 256, False, {}),
                   ("ips_megapixel_mnist", 16, False, {"model.ips.memory": 100, "model.ips.chunk": 100})),
     },

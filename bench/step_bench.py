@@ -56,7 +56,8 @@ def workload_config(name: str, batch_size: int, steps: int, extra: dict):
   set_fields(config, {**overrides, **extra})
   if batch_size:
     config.batch_size = batch_size
-  config.data.num_train = config.batch_size * max(4, min(steps, 16))
+  # Whole calls of config.steps_per_call steps fit every epoch: no one-step remainders are timed.
+  config.data.num_train = config.batch_size * config.steps_per_call * max(4, min(steps, 16))
   config.data.num_test = config.batch_size
   config.progress_bar = False
   return config
@@ -70,8 +71,9 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   par = run.par
   state = par.replicate(run.state)
   data = feed.device_data(par, run.dataset.train)
-  step_fn = run_lib.compile_train_step(run)
-  make_batch = feed.train_batch_maker(run)
+  k = config.steps_per_call   # > 1: a call runs k steps (a lax.scan); times are per step (call / k)
+  step_fn = run_lib.compile_train_step(run, k)
+  make_batch = feed.train_batch_maker(run, steps_per_call=k)
   key = run_lib.train_key(run)   # (K,) keys with config.num_seeds = K > 1
   batch = make_batch(0)
 
@@ -84,18 +86,18 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
     state, metrics = compiled(state, data, batch, key)
     return metrics
 
-  step_s = common.median_seconds(lambda: jax.block_until_ready(step(batch)), warmup=warmup, repeats=repeats)
-  batch_s = common.median_seconds(lambda: jax.block_until_ready(make_batch(1)), warmup=1,
-                                  repeats=max(3, repeats // 2))
+  step_s = common.median_seconds(lambda: jax.block_until_ready(step(batch)), warmup=warmup, repeats=repeats) / k
+  batch_s = common.median_seconds(lambda: jax.block_until_ready(make_batch(k)), warmup=1,
+                                  repeats=max(3, repeats // 2)) / k
   # As the trainer runs (feed.train_batches): streamed batches made by grain workers (data.workers), the
   # next batch shipped to the devices in a thread while this step runs.
-  batches = feed.train_batches(run, 0, warmup + repeats)
+  batches = feed.train_batches(run, 0, (warmup + repeats) * k, steps_per_call=k)
   times = []
   for i in range(warmup + repeats):
     t = time.perf_counter()
-    b = batches.take(i)
+    b = batches.take(i * k)
     jax.block_until_ready(step(b))
-    times.append(time.perf_counter() - t)
+    times.append((time.perf_counter() - t) / k)
   batches.close()
   loop_s = sorted(times[warmup:])[len(times[warmup:]) // 2]
 
@@ -108,6 +110,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   scans = run.family.loops_in_step()
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
+          "steps_per_call": k,
           "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
           "replicas": run.num_replicas, "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,

@@ -54,11 +54,12 @@ def host_batch(split, indices: np.ndarray, positions: np.ndarray, extra: dict | 
   return {**batch, **(extra or {})}
 
 
-def stack_replicas(trees: list, axis: int = 1):
-  """Equal-structured host batches (dicts of arrays, nested) -> one whose leaves gain a replica axis.
-  `training/replicas.stack` does this for any pytree with jax.tree; workers must not import JAX."""
+def stack_batches(trees: list, axis: int = 1):
+  """Equal-structured host batches (dicts of arrays, nested) -> one whose leaves gain an axis (replicas,
+  or the steps of one call). `training/replicas.stack` does this for any pytree with jax.tree; workers
+  must not import JAX."""
   if isinstance(trees[0], dict):
-    return {k: stack_replicas([t[k] for t in trees], axis) for k in trees[0]}
+    return {k: stack_batches([t[k] for t in trees], axis) for k in trees[0]}
   return np.stack([np.asarray(t) for t in trees], axis)
 
 
@@ -90,7 +91,23 @@ class TrainBatch:
       return host_batch(self.split, self.host.slice(indices), positions)
     if len(self.seeds) == 1:
       return one_seed(self.seeds[0])
-    return stack_replicas([one_seed(s) for s in self.seeds], axis=1)
+    return stack_batches([one_seed(s) for s in self.seeds], axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class CallBatch:
+  """steps (a tuple) -> the training batches of those steps for one compiled call: one step's batch as
+  `make` gives it, several stacked on axis 1 (leaves (b, k, ...), training/step.py `repeat_steps`)."""
+  make: TrainBatch
+
+  @property
+  def split(self):
+    return self.make.split
+
+  def __call__(self, steps: tuple) -> dict:
+    if len(steps) == 1:
+      return self.make(steps[0])
+    return stack_batches([self.make(s) for s in steps], axis=1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +136,7 @@ class _WithBadExamples:
 def iterate(make, items, workers: int):
   """Yields make(item) for each of `items` in order, made by `workers` grain worker processes (0: here).
 
-  make: a `TrainBatch` or `EvalBatch` (picklable; its split is sent to each worker once).
+  make: a `CallBatch` or `EvalBatch` (picklable; its split is sent to each worker once).
   """
   import grain  # only streamed data needs it
   from absl import flags

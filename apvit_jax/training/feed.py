@@ -42,20 +42,41 @@ def train_host_batch(run) -> host_pipeline.TrainBatch:
   return host_pipeline.TrainBatch(run.dataset.train, tuple(run.seeds), run.config.batch_size, _this_host())
 
 
-def train_batch_maker(run, *, on_host: bool = False):
+def train_batch_maker(run, *, on_host: bool = False, steps_per_call: int = 1):
   """-> make_batch(step): this host's slice of the step's global training batch, sharded over the devices
   (left on the host with on_host, for a family's host-side step), made here. With several replicas each
-  draws its own batch from its own seed, stacked on axis 1: leaves (b, K, ...) (training/replicas.py)."""
-  make = train_host_batch(run)
-  return make if on_host else lambda step: run.par.shard(make(step))
+  draws its own batch from its own seed, stacked on axis 1: leaves (b, K, ...) (training/replicas.py).
+  steps_per_call > 1: the batch of the call of that many steps from `step`, steps stacked on axis 1."""
+  make = host_pipeline.CallBatch(train_host_batch(run))
+  one = lambda step: make(tuple(range(step, step + steps_per_call)))
+  return one if on_host else lambda step: run.par.shard(one(step))
 
 
-def train_batches(run, first: int, end: int, *, on_host: bool = False) -> "OneAhead":
+def call_steps(step: int, epoch_end: int, steps_per_call: int) -> tuple:
+  """The steps of the compiled call that starts at `step`: steps_per_call of them where they fit before
+  epoch_end (where the run evaluates and saves), else one (config.steps_per_call)."""
+  n = steps_per_call if step + steps_per_call <= epoch_end else 1
+  return tuple(range(step, step + n))
+
+
+def call_plan(first: int, end: int, steps_per_epoch: int, steps_per_call: int) -> list[tuple]:
+  """Steps first..end-1 cut into calls (`call_steps`), epoch by epoch: the calls the training loop makes."""
+  calls, step = [], first
+  while step < end:
+    epoch_end = min((step // steps_per_epoch + 1) * steps_per_epoch, end)
+    calls.append(call_steps(step, epoch_end, steps_per_call))
+    step = calls[-1][-1] + 1
+  return calls
+
+
+def train_batches(run, first: int, end: int, *, on_host: bool = False, steps_per_call: int = 1) -> "OneAhead":
   """The training batches of steps first..end-1 in order, as `train_batch_maker` makes them, streamed
-  splits' in grain workers (data.workers), each shipped to the devices while the previous step runs."""
+  splits' in grain workers (data.workers), each shipped to the devices while the previous call runs.
+  With steps_per_call > 1, one batch per call of `call_plan`: its steps' batches stacked on axis 1."""
   split = run.dataset.train
-  host_batches = _host_batches(run, train_host_batch(run), range(first, end), split)
-  return OneAhead(host_batches, (lambda b: b) if on_host else run.par.shard, first, end)
+  calls = call_plan(first, end, run.steps_per_epoch, steps_per_call)
+  host_batches = _host_batches(run, host_pipeline.CallBatch(train_host_batch(run)), calls, split)
+  return OneAhead(host_batches, (lambda b: b) if on_host else run.par.shard, calls)
 
 
 def eval_batches(run, split, state, inputs_key):
@@ -70,25 +91,27 @@ def eval_batches(run, split, state, inputs_key):
 
 
 class OneAhead:
-  """Batches of steps first..end-1 from `host_batches` (an iterator, in step order), each passed through
-  `ship` (sharding onto the devices) in a background thread while the device runs the step before."""
+  """The batches of `calls` (tuples of steps, in order) from `host_batches` (an iterator, one per call),
+  each passed through `ship` (sharding onto the devices) in a background thread while the device runs
+  the call before."""
 
-  def __init__(self, host_batches, ship, first: int, end: int):
-    self._host_batches, self._ship, self._end = iter(host_batches), ship, end
-    self._expected = first
+  def __init__(self, host_batches, ship, calls: list[tuple]):
+    self._host_batches, self._ship, self._calls = iter(host_batches), ship, list(calls)
+    self._index = 0
     self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    self._next = self._pool.submit(self._make) if first < end else None
+    self._next = self._pool.submit(self._make) if self._calls else None
 
   def _make(self):
     return self._ship(next(self._host_batches))
 
   def take(self, step: int) -> dict:
-    """The batch of `step` (the one made ahead), and starts making the next."""
-    if step != self._expected or self._next is None:
-      raise RuntimeError(f"batches are taken in step order: expected step {self._expected}, asked for {step}")
+    """The batch of the call starting at `step` (the one made ahead), and starts making the next."""
+    if self._next is None or self._calls[self._index][0] != step:
+      expected = self._calls[self._index][0] if self._next is not None else "none (all taken)"
+      raise RuntimeError(f"batches are taken in step order: expected step {expected}, asked for {step}")
     batch = self._next.result()
-    self._expected = step + 1
-    self._next = self._pool.submit(self._make) if step + 1 < self._end else None
+    self._index += 1
+    self._next = self._pool.submit(self._make) if self._index < len(self._calls) else None
     return batch
 
   def close(self) -> None:

@@ -35,7 +35,7 @@ class _Efficiency:
 
   def measure(self, step: int, device) -> dict:
     now, out = time.time(), {}
-    if self.time is not None:
+    if self.time is not None and step > self.step:   # two log points in one call: the first has it
       out["step_ms"] = 1e3 * (now - self.time) / (step - self.step)
     self.step, self.time = step, now
     stats = device.memory_stats() or {}
@@ -140,10 +140,14 @@ class _Training:
     self.step = start_step
     self.train_data = feed.device_data(par, run.dataset.train)
     self.test_data = feed.device_data(par, run.dataset.test)
-    self.train_step = run_lib.compile_train_step(run)
+    self.steps_per_call = self.config.steps_per_call
+    self.train_step = run_lib.compile_train_step(run)   # compiled at its first call: steps_per_call > 1
+    self.train_steps = run_lib.compile_train_step(run, self.steps_per_call)   # uses it for remainders only
+    self.called = set()   # the step functions called so far (their first call compiles)
     self.eval_step = run_lib.compile_eval_step(run)
     self.train_key = run_lib.train_key(run)
-    self.batches = feed.train_batches(run, start_step, run.total_steps, on_host=run.host_inputs is not None)
+    self.batches = feed.train_batches(run, start_step, run.total_steps, on_host=run.host_inputs is not None,
+                                      steps_per_call=self.steps_per_call)
     self.best = _Best(run.seeds)
     for r in writer.read():
       if r["split"] == "test" and r["step"] <= start_step:
@@ -175,31 +179,49 @@ class _Training:
     return self._summary(time.time() - t_start)
 
   def _epoch(self) -> None:
-    """Steps to the end of the current epoch (or total_steps), or until a stop is requested."""
+    """Calls to the end of the current epoch (or total_steps), or until a stop is requested; a call runs
+    config.steps_per_call steps where they fit before the epoch's end, else one (feed.call_steps).
+    Throughput counts the calls after the epoch's first and leaves out any call that compiles."""
     run, par = self.run_, self.run_.par
     epoch_end = min((self.step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
-    t0, first = None, self.step
+    t0 = timed_from = None
     while self.step < epoch_end and not self.stop.check(self.step):
+      steps = feed.call_steps(self.step, epoch_end, self.steps_per_call)
+      step_fn = self.train_steps if len(steps) > 1 else self.train_step
+      compiles = step_fn not in self.called
+      if compiles and timed_from is not None:   # a remainder's first one-step call, mid-epoch
+        self._count_train_time(t0, timed_from)
+        timed_from = None
       batch = self.batches.take(self.step)
       if run.host_inputs:
         host_state = par.first_copy(self.state.replace(opt_state=None))
         batch = par.shard(run.host_inputs(batch, host_state, step_lib.inputs_key(self.train_key, self.step)))
-      self.state, metrics = self.train_step(self.state, self.train_data, batch, self.train_key)
-      self.step += 1
-      self.bar.update(1)
-      if self.step == first + 1:  # exclude compilation and the first dispatch from the throughput
+      self.state, metrics = step_fn(self.state, self.train_data, batch, self.train_key)
+      self.called.add(step_fn)
+      self.step += len(steps)
+      self.bar.update(len(steps))
+      if timed_from is None:  # the epoch's first call or one that compiled: not timed
         jax.block_until_ready(metrics)
-        t0 = time.time()
-      if self.step % self.config.log_every_steps == 0 or self.step == epoch_end:
-        self._log(metrics)
-    jax.block_until_ready(self.state.step)
-    if self.step - first > 1:
-      self.train_time += time.time() - t0
-      self.train_images += (self.step - first - 1) * self.config.batch_size * run.num_replicas
+        t0, timed_from = time.time(), self.step
+      logged = [i for i, s in enumerate(steps) if (s + 1) % self.config.log_every_steps == 0 or s + 1 == epoch_end]
+      if logged:
+        host = run.par.metrics(metrics)
+        for i in logged:   # a call of several steps returns each step's metrics, stacked
+          self._log(host if len(steps) == 1 else {k: v[i] for k, v in host.items()}, step=steps[i] + 1)
+    if timed_from is not None:
+      self._count_train_time(t0, timed_from)
 
-  def _log(self, metrics) -> None:
+  def _count_train_time(self, t0: float, timed_from: int) -> None:
+    """Adds the steps since `timed_from` (timed from t0) to the throughput's time and images."""
+    jax.block_until_ready(self.state.step)
+    if self.step > timed_from:
+      self.train_time += time.time() - t0
+      self.train_images += (self.step - timed_from) * self.config.batch_size * self.run_.num_replicas
+
+  def _log(self, host_metrics: dict, step: int) -> None:
+    """host_metrics: one step's metrics on the host (Parallel.metrics), logged as step `step`'s."""
     run = self.run_
-    m = replicas.per_replica(run.par.metrics(metrics), run.num_replicas)
+    m = replicas.per_replica(host_metrics, run.num_replicas)
     bad = [(s, loss) for s, loss in zip(run.seeds, m["loss"]) if not np.isfinite(loss)]
     if bad and not self.config.skip_nonfinite_steps:
       self.stop.restore()
@@ -207,7 +229,7 @@ class _Training:
       where = "" if run.num_replicas == 1 else " in replica(s) " + ", ".join(
           f"seed {s} (index {run.seeds.index(s)})" for s, _ in bad)
       raise FloatingPointError(
-          f"loss is {bad[0][1]} at step {self.step}{where} (checked every {self.config.log_every_steps} "
+          f"loss is {bad[0][1]} at step {step}{where} (checked every {self.config.log_every_steps} "
           f"steps); "
           f"the last good checkpoint, step {self.ckpt.latest_step()} in {self.ckpt.directory}, is kept. Lower "
           f"the learning rate, or set --config.skip_nonfinite_steps=True to skip such steps")
@@ -216,7 +238,7 @@ class _Training:
     if self.config.log_efficiency:
       m.update(self.efficiency.measure(self.step, run.par.local_devices[0]))
     self.bar.set_postfix(loss=f"{replicas.mean_value(m, 'loss'):.3f}", refresh=False)
-    self.writer.write(self.step, "train", m, echo=None if self.config.progress_bar else print)
+    self.writer.write(step, "train", m, echo=None if self.config.progress_bar else print)
 
   def _evaluate_and_save(self) -> None:
     """At an epoch end: evaluate (every eval_every_epochs, and at the last step) and save."""

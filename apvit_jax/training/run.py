@@ -74,12 +74,24 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   if for_training and not resuming and config.init_from:
     check_init_from(config.init_from)
   model = family.build(dataset.num_classes, tasks)
+  if config.steps_per_call > 1:
+    check_steps_per_call(config.steps_per_call, steps_per_epoch,
+                         family.host_inputs(model, par.local_devices[0]) is not None)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
   state = state_lib.create_state(model, tx, _seed_keys(seeds, 0), dataset.image_shape,
                                  family.init_inputs(dataset.image_shape))
   return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
              per_device, seeds)
+
+
+def check_steps_per_call(k: int, steps_per_epoch: int, host_inputs: bool) -> None:
+  if host_inputs:
+    raise ConfigError(f"steps_per_call={k}: this model prepares each step's batch on the host with the "
+                      f"current parameters (IPS lazy loading), so it runs one step per call; use 1")
+  if k > steps_per_epoch:
+    raise ConfigError(f"steps_per_call={k} is more than an epoch's {steps_per_epoch} steps (a call never "
+                      f"crosses an epoch's end, where the run evaluates); use at most {steps_per_epoch}")
 
 
 def _seed_keys(seeds, purpose: int):
@@ -110,14 +122,17 @@ def train_key(run: Run):
   return _seed_keys(run.seeds, 1)
 
 
-def compile_train_step(run: Run):
+def compile_train_step(run: Run, steps: int = 1):
   """The compiled train step of this run: (state, data, batch, train_key) -> (state, metrics), as
-  train.py, the benchmarks and the tests run it."""
+  train.py, the benchmarks and the tests run it. steps > 1: that many steps per call (config.steps_per_call;
+  batch leaves (b, steps, ...), metrics (steps, ...): step.repeat_steps)."""
   c = run.config
   step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
                                   label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
   if run.num_replicas > 1:
     step = replicas.vmap_train_step(step, run.state)
+  if steps > 1:
+    step = step_lib.repeat_steps(step, steps)
   return run.par.compile(step, num_args=4, broadcast_last=True)
 
 
@@ -207,6 +222,7 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
       f"{ds.num_classes} classes, {_feeding(run)}",
-      f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}",
+      f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}" + (
+          f", {run.config.steps_per_call} steps per call" if run.config.steps_per_call > 1 else ""),
       f"workdir: {workdir}",
   ]

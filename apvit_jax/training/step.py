@@ -117,6 +117,22 @@ def make_train_step(model_inputs, tasks, schedule, *, label_smoothing: float = 0
   return train_step
 
 
+def repeat_steps(train_step, steps: int):
+  """train_step(state, data, batch, key) -> the same for `steps` consecutive steps in one call (a
+  lax.scan): fewer dispatches where a step is short (small models on accelerators). The batch's leaves
+  carry the steps on axis 1, (b, steps, ...), step i's batch at [:, i] (axis 1 keeps axis 0 the one that
+  is sharded over devices); the metrics come back stacked, (steps, ...). Each step computes exactly what
+  a call of train_step computes (its step number, keys and learning rate come from state.step)."""
+  def many(state, data, batch, key):
+    per_step = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)
+    for x in jax.tree.leaves(per_step):
+      if x.shape[0] != steps:
+        raise ValueError(f"a call of {steps} steps needs batch leaves (b, {steps}, ...); got axis 1 of "
+                         f"size {x.shape[0]}")
+    return jax.lax.scan(lambda s, b: train_step(s, data, b, key), state, per_step)
+  return many
+
+
 def make_eval_step(model_inputs, tasks, confusion: bool = False):
   """-> eval_step(state, data, batch) -> sums {"loss", "correct", "count"} over the global batch, and
   with `confusion` a (classes, classes) count matrix, rows = true label, columns = prediction."""
