@@ -172,10 +172,10 @@ def test_cudnn_fallback_is_logged_once_and_listed(monkeypatch, caplog):
   from apvit_jax.models import vit
   real = jax.nn.dot_product_attention
 
-  def no_cudnn(q, k, v, implementation=None):
-    if implementation == "cudnn":
+  def no_cudnn(q, k, v, implementation=None, **kwargs):
+    if implementation == "cudnn":   # padded or not
       raise NotImplementedError("sequence length 65 is not supported")
-    return real(q, k, v, implementation=implementation)
+    return real(q, k, v, implementation=implementation, **kwargs)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   monkeypatch.setattr(jax.nn, "dot_product_attention", no_cudnn)
   monkeypatch.setattr(vit, "_FALLBACKS", {})
@@ -187,3 +187,59 @@ def test_cudnn_fallback_is_logged_once_and_listed(monkeypatch, caplog):
   warnings = [r for r in caplog.records if "cuDNN does not take it" in r.getMessage()]
   assert len(warnings) == 1 and "sequence length 65" in warnings[0].getMessage()
   assert vit.attention_fallbacks() == ["(2, 65, 2, 8) bfloat16: sequence length 65 is not supported"]
+
+
+def numpy_attention(q, k, v):
+  """float64 softmax(q kᵀ / √d) v on (B, T, heads, head_dim)."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  logits = np.einsum("bqhd,bshd->bhqs", q, k) / np.sqrt(q.shape[-1])
+  w = np.exp(logits - logits.max(-1, keepdims=True))
+  return np.einsum("bhqs,bshd->bqhd", w / w.sum(-1, keepdims=True), v)
+
+
+@pytest.mark.parametrize("multiple", [8, 64])
+def test_padded_attention_is_the_attention(multiple):
+  """65 tokens padded to 72 or 128 with the padding keys masked: the values of a float64 reference, and
+  the gradients of the unpadded attention (float32, XLA's kernel on both sides)."""
+  from apvit_jax.models.vit import padded_attention
+  rng = np.random.default_rng()
+  q, k, v = (jnp.asarray(rng.normal(size=(3, 65, 2, 8)), jnp.float32) for _ in range(3))
+  got = padded_attention(q, k, v, multiple, "xla")
+  assert got.shape == q.shape
+  np.testing.assert_allclose(got, numpy_attention(q, k, v), rtol=1e-5, atol=1e-6)
+  w = jnp.asarray(rng.normal(size=q.shape), jnp.float32)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)
+  want = jax.grad(loss(lambda q, k, v: jax.nn.dot_product_attention(q, k, v, implementation="xla")),
+                  argnums=(0, 1, 2))(q, k, v)
+  grads = jax.grad(loss(lambda q, k, v: padded_attention(q, k, v, multiple, "xla")), argnums=(0, 1, 2))(q, k, v)
+  for g, h in zip(grads, want):
+    np.testing.assert_allclose(g, h, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("takes,tokens", [(8, 72), (64, 128)])
+def test_auto_pads_the_tokens_where_cudnn_refuses_their_count(monkeypatch, takes, tokens):
+  """A cuDNN that takes only token counts divisible by `takes` (faked on CPU by XLA's kernel): "auto" runs
+  it on 65 tokens padded to `tokens`, says so once, and computes the attention of the 65."""
+  from apvit_jax.models import vit
+  real, calls = jax.nn.dot_product_attention, []
+
+  def picky_cudnn(q, k, v, implementation=None, **kwargs):
+    if implementation == "cudnn":
+      if q.shape[1] % takes:
+        raise NotImplementedError(f"sequence length {q.shape[1]} is not supported")
+      calls.append(q.shape[1])
+      implementation = "xla"
+    return real(q, k, v, implementation=implementation, **kwargs)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  monkeypatch.setattr(jax.nn, "dot_product_attention", picky_cudnn)
+  monkeypatch.setattr(vit, "_FALLBACKS", {})
+  rng = np.random.default_rng()
+  q, k, v = (jnp.asarray(rng.normal(size=(2, 65, 2, 8)), jnp.bfloat16) for _ in range(3))
+  got = vit.dot_product_attention(q, k, v, "auto")
+  assert calls == [tokens]
+  np.testing.assert_array_equal(np.asarray(got, np.float32),
+                                np.asarray(vit.padded_attention(q, k, v, takes, "xla"), np.float32))
+  # bf16 inputs and output: one bf16 rounding of values of size ~1.
+  np.testing.assert_allclose(np.asarray(got, np.float32), numpy_attention(q, k, v), rtol=2e-2, atol=2e-2)
+  assert vit.attention_fallbacks() == [
+      f"(2, 65, 2, 8) bfloat16: cuDNN on {tokens} tokens, the padding masked (sequence length 65 is not supported)"]

@@ -38,12 +38,30 @@ def decode_variant(variant: str) -> dict[str, int]:
   return dict(width=width, depth=depth, num_heads=heads, patch_size=int(m.group(2)))
 
 
-_FALLBACKS: dict[str, str] = {}   # shape and dtype -> why cuDNN was not used, for this process
+_FALLBACKS: dict[str, str] = {}   # shape and dtype -> why cuDNN was not used as it is, for this process
 
 
 def attention_fallbacks() -> list[str]:
-  """Where "auto" attention fell back from cuDNN to XLA in this process: ["(B, T, H, D) dtype: reason"]."""
+  """Where "auto" attention did not run cuDNN on the shape as it is in this process (fell back to XLA, or
+  padded the tokens for cuDNN): ["(B, T, H, D) dtype: what and why"]."""
   return [f"{where}: {why}" for where, why in _FALLBACKS.items()]
+
+
+# Token counts that cuDNN's fused kernel is offered, padded, when it refuses the true count ("auto").
+PAD_MULTIPLES = (8, 64)
+
+
+def padded_attention(q, k, v, multiple: int, implementation: str | None):
+  """`jax.nn.dot_product_attention` over T tokens (B, T, heads, head_dim), computed on T rounded up to a
+  multiple of `multiple`: the padding keys are masked out (key_value_seq_lengths = T) and the padding
+  queries' rows dropped, so values and gradients are those of the unpadded attention. For kernels that
+  take only some lengths (cuDNN refuses 64 patches + cls in some versions)."""
+  b, t = q.shape[:2]
+  padded = -(-t // multiple) * multiple
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, padded - t), (0, 0), (0, 0)))
+  y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), key_value_seq_lengths=jnp.full((b,), t, jnp.int32),
+                                   implementation=implementation)
+  return y[:, :t]
 
 
 def dot_product_attention(q, k, v, implementation: str | None):
@@ -51,21 +69,35 @@ def dot_product_attention(q, k, v, implementation: str | None):
 
   implementation "auto": cuDNN's fused kernel on GPU in half precision where it takes the shapes
   (its checks run at trace time and raise NotImplementedError, e.g. for odd sequence lengths such as
-  64 patches + cls in some cuDNN versions), else XLA; a fallback is logged once per shape and listed by
-  `attention_fallbacks()`. "cudnn" or "xla" force one; "cudnn" then fails loudly on shapes it does not take.
+  64 patches + cls in some cuDNN versions); where it refuses T tokens, cuDNN on T padded to a multiple of
+  8, then 64 (`padded_attention`, the same result); else XLA. What "auto" changed is logged once per
+  shape and listed by `attention_fallbacks()`. "cudnn" or "xla" force one; "cudnn" then fails loudly on
+  shapes it does not take.
   """
   if implementation == "auto":
     if jax.default_backend() == "gpu" and q.dtype in (jnp.bfloat16, jnp.float16):
       try:
         return jax.nn.dot_product_attention(q, k, v, implementation="cudnn")
       except NotImplementedError as e:
-        where = f"{tuple(q.shape)} {q.dtype}"
-        if where not in _FALLBACKS:
-          _FALLBACKS[where] = str(e).splitlines()[0] if str(e) else type(e).__name__
-          logging.getLogger(__name__).warning("attention %s: cuDNN does not take it (%s); using XLA's",
-                                              where, _FALLBACKS[where])
+        where, why = f"{tuple(q.shape)} {q.dtype}", (str(e).splitlines()[0] if str(e) else type(e).__name__)
+      for multiple in PAD_MULTIPLES:
+        if q.shape[1] % multiple:
+          try:
+            y = padded_attention(q, k, v, multiple, "cudnn")
+          except NotImplementedError:
+            continue
+          _note(where, f"cuDNN on {-(-q.shape[1] // multiple) * multiple} tokens, the padding masked ({why})")
+          return y
+      _note(where, why, "using XLA's")
     implementation = "xla"
   return jax.nn.dot_product_attention(q, k, v, implementation=implementation)
+
+
+def _note(where: str, what: str, action: str = "") -> None:
+  if where not in _FALLBACKS:
+    _FALLBACKS[where] = what
+    logging.getLogger(__name__).warning("attention %s: cuDNN does not take it as it is: %s%s", where, what,
+                                        f"; {action}" if action else "")
 
 
 class MultiHeadAttention(nn.Module):
