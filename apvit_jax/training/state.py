@@ -102,15 +102,13 @@ def create_state(model, tx, key: jax.Array, image_shape, init_inputs=None) -> Tr
   (parameters, optimizer state, batch statistics; training/replicas.py), replica k initialised exactly
   as one state from keys[k]. The step counter is a shared scalar either way."""
   inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
-  init = lambda k: model.init(k, *inputs, train=False)
-  if key.ndim == 0:
-    variables = jax.jit(init)(key)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], tx=tx,
-                             batch_stats=variables.get("batch_stats", {}))
-  variables = jax.jit(jax.vmap(init))(key)
-  params = variables["params"]
-  return TrainState(step=0, apply_fn=model.apply, params=params, tx=tx,
-                    opt_state=jax.jit(jax.vmap(tx.init))(params), batch_stats=variables.get("batch_stats", {}))
+
+  def init(k):   # one compiled program for the variables and the optimizer state (no eager op per leaf)
+    variables = model.init(k, *inputs, train=False)
+    return variables, tx.init(variables["params"])
+  variables, opt_state = jax.jit(init if key.ndim == 0 else jax.vmap(init))(key)
+  return TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=tx, opt_state=opt_state,
+                    batch_stats=variables.get("batch_stats", {}))
 
 
 def count_params(params) -> int:
