@@ -76,7 +76,9 @@ class _StopOnSignal:
   before exiting; the previous handler comes back with `restore()`. Main thread only.
 
   With several hosts all of them must stop at the same step (a checkpoint is a collective save): there
-  the decision is orbax's `reached_preemption`, JAX's preemption sync point across hosts.
+  the decision is orbax's `reached_preemption`, JAX's preemption sync point across hosts, asked at every
+  step number; with config.steps_per_call > 1 the run stops after the call that holds the agreed step
+  (every host runs the same calls, so all stop at the same step).
   """
 
   def __init__(self, ckpt):
@@ -198,6 +200,8 @@ class _Training:
         batch = par.shard(run.host_inputs(batch, host_state, step_lib.inputs_key(self.train_key, self.step)))
       self.state, metrics = step_fn(self.state, self.train_data, batch, self.train_key)
       self.called.add(step_fn)
+      for s in steps[1:]:   # every step number is checked once (several hosts agree on a preemption step)
+        self.stop.check(s)
       self.step += len(steps)
       self.bar.update(len(steps))
       if timed_from is None:  # the epoch's first call or one that compiled: not timed
