@@ -99,6 +99,16 @@ def _unnormalise(coord: jax.Array, n: int, align_corners: bool) -> jax.Array:
   return ((coord + 1.0) * n - 1.0) / 2.0
 
 
+def pixel_coordinates(coord: jax.Array, n: int, align_corners: bool) -> jax.Array:
+  """Normalised coordinates along an axis of n pixels -> pixel coordinates, computed once for every
+  consumer (an optimisation barrier). XLA otherwise recomputes them inside each fusion that reads them,
+  and where they land on whole pixels (integer crops, flips, a regular grid) two fusions may round to
+  either side of the pixel, pairing one fusion's floor (the corner read) with another's fraction (its
+  weight): a read a whole pixel off (seen in the crop augmentation as a train step compiled it; tests in
+  test_augment.py). Floors, clamps and fractions of one value are exact, so they always agree."""
+  return jax.lax.optimization_barrier(_unnormalise(coord, n, align_corners))
+
+
 def grid_sample(images: jax.Array, grid: jax.Array, padding_mode: str = "zeros",
                 align_corners: bool = False) -> jax.Array:
   """Bilinear sampling, as `torch.nn.functional.grid_sample(mode="bilinear")` in NHWC.
@@ -142,8 +152,8 @@ def _sample_masked(images, grid, padding_mode, align_corners):
   out_shape = grid.shape[:-1]
   dtype = _coord_dtype(grid)
   g = grid.reshape(b, -1, 2).astype(dtype)
-  x = _unnormalise(g[..., 0], w, align_corners)
-  y = _unnormalise(g[..., 1], h, align_corners)
+  x = pixel_coordinates(g[..., 0], w, align_corners)
+  y = pixel_coordinates(g[..., 1], h, align_corners)
   if padding_mode == "border":
     x = jnp.clip(x, 0.0, w - 1.0)
     y = jnp.clip(y, 0.0, h - 1.0)
@@ -249,7 +259,7 @@ def _corners(g: jax.Array, b: int, h: int, w: int, padding_mode: str, align_corn
   """
   def axis(coord, n):
     scale = (n - 1) / 2.0 if align_corners else n / 2.0
-    clamped, left, inside = clamp_for_reads(_unnormalise(coord, n, align_corners), n, padding_mode)
+    clamped, left, inside = clamp_for_reads(pixel_coordinates(coord, n, align_corners), n, padding_mode)
     slope = jnp.where(inside, scale, 0.0).astype(coord.dtype)
     return left.astype(jnp.int32) + 1, clamped - left, slope
 

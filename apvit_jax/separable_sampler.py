@@ -85,8 +85,8 @@ def _axis_weights(scale, offset, p, n, window, align_corners, padding_mode, dtyp
   the coordinate lies strictly inside the clamp limits.
   """
   base = sampler._base_coords(p, align_corners, dtype)                       # (P,)
-  pixel = sampler._unnormalise(scale[..., None].astype(dtype) * base + offset[..., None].astype(dtype), n,
-                               align_corners)                                # (B, N, P)
+  pixel = sampler.pixel_coordinates(scale[..., None].astype(dtype) * base + offset[..., None].astype(dtype), n,
+                                    align_corners)                           # (B, N, P)
   clamped, left, inside = sampler.clamp_for_reads(pixel, n, padding_mode)
   frac = jnp.where(inside, pixel, jax.lax.stop_gradient(clamped)) - jax.lax.stop_gradient(left)
   left = left.astype(jnp.int32) + 1                                          # in the padded image
