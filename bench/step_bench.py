@@ -95,7 +95,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   times = []
   for i in range(warmup + repeats):
     t = time.perf_counter()
-    b = batches.take(i * k)
+    _, b = batches.take(i * k)
     jax.block_until_ready(step(b))
     times.append((time.perf_counter() - t) / k)
   batches.close()

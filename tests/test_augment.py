@@ -1,10 +1,6 @@
 """MoCo-v3 augmentation on device: colour operations against float64 NumPy (colorsys for hue), the
 random resized crop box and its resampling, and the probabilities of jitter and grayscale."""
 import colorsys
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -106,57 +102,3 @@ def test_pit_recipe_augmentation_compiles_and_stays_in_range():
   assert not np.allclose(out, np.asarray(images, np.float32))
   normalised = augment.preprocess(images, keys, aug, train=True)
   assert normalised.dtype == jnp.float32 and np.isfinite(np.asarray(normalised)).all()
-
-
-def augmentation_error_in_step(aug: dict) -> float:
-  """The largest difference between the images the model receives inside the compiled train step
-  (captured at the model's input) and a float64 NumPy crop, flip and rotation of the same images with the
-  same draws (quickstart config: 40x40 digits, whole-pixel crops of up to 2 pixels), in normalised units."""
-  import dataclasses
-  from apvit_jax.base_config import set_fields
-  from apvit_jax.models.families.base import fetch
-  from apvit_jax.training import feed, run as run_lib, step as step_lib
-  from test_training import load_config
-  run = run_lib.setup(set_fields(load_config("quickstart"), {"optim.name": "sgd", "optim.grad_clip": 0.0,
-                                                            "total_steps": 3, **aug}), devices=jax.devices()[:1])
-  seen, apply = [], run.state.apply_fn
-
-  def apply_and_capture(variables, images, **kwargs):
-    jax.debug.callback(lambda x: seen.append(np.asarray(x)), images)
-    return apply(variables, images, **kwargs)
-  run = dataclasses.replace(run, state=run.state.replace(apply_fn=apply_and_capture))
-  par, key = run.par, run_lib.train_key(run)
-  batch = feed.train_batch_maker(run, on_host=True)(0)
-  data = feed.device_data(par, run.dataset.train)
-  jax.block_until_ready(run_lib.compile_train_step(run)(par.replicate(run.state), data, par.shard(batch), key))
-  keys = augment.example_keys(step_lib.inputs_key(key, 0), batch["position"])
-  a, (h, w) = run.config.augment, run.dataset.image_shape[:2]
-  theta = np.asarray(jax.vmap(lambda k: augment.random_affine(k, h, w, a.crop_padding, a.flip, a.rotate_degrees,
-                                                              tuple(a.crop_scale), tuple(a.crop_ratio)))(keys))
-  images, _ = fetch(run.dataset.train.arrays(), batch)
-  want = ref.grid_sample(np.asarray(images, np.float64), ref.affine_grid(theta.astype(np.float64), h, w, False),
-                         "zeros", False)
-  assert a.crop_padding == 2 and len(seen) == 1
-  return float(np.max(np.abs(seen[0] - (want / 255.0 - 0.5) / 0.5)))
-
-
-@pytest.mark.slow
-@pytest.mark.xfail(tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12), strict=True,
-                   reason="jax 0.10.2 (the floor stack): the one-step program still reads whole pixels off (max "
-                          "error 2.0) with the coordinates behind a barrier; cause not found")
-def test_train_step_sees_the_float64_augmentation():
-  """As users run it, at XLA's default optimisation level (a subprocess: the suite compiles at level 0,
-  where this did not show). Whole-pixel crops put sample points exactly on pixels; XLA once recomputed
-  the coordinates in two fusions of the step that rounded them apart (one contracted into an FMA) and read
-  pixels a whole pixel off: an error of 2.0 in normalised units before `sampler.pixel_coordinates`.
-  float32 coordinates (error ~1e-5 pixel on a 40-pixel axis) times pixel steps of up to 255/255 over 0.5
-  allow ~4e-5."""
-  root = pathlib.Path(__file__).resolve().parents[1]
-  code = ("import test_augment as t; print(t.augmentation_error_in_step({}), "
-          "t.augmentation_error_in_step({'augment.flip': True, 'augment.rotate_degrees': 10.0}))")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
-         "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}
-  proc = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  errors = [float(e) for e in proc.stdout.split()[-2:]]
-  assert max(errors) < 1e-4, errors

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from apvit_jax.base_config import base_config
+from apvit_jax import sampler
 from apvit_jax.data import augment, batches, sources
 
 
@@ -157,18 +158,29 @@ def test_crop_flip_copies_pixels(w):
   keys = augment.example_keys(jax.random.key(int(rng.integers(1 << 30))), jnp.arange(6))
   got = np.asarray(augment.augment(jnp.asarray(images), keys, crop_padding=3, flip=True))
   thetas = jax.vmap(lambda k: augment.random_affine(k, 8, w, 3, True, 0.0))(keys)
-  flips = []
   for i, th in enumerate(np.asarray(thetas)):
     flip = th[0, 0] < 0
     sx, sy = round(th[0, 2] * w / 2), round(th[1, 2] * 8 / 2)
     assert abs(sx) <= 3 and abs(sy) <= 3
-    flips.append(flip)
-    # Flip is about the image centre, then the shift: exact integer pixel reads.
-    want = numpy_crop_flip(images[i], sx, sy, flip)
-    if w == 16:  # power of two: offsets exact in float32, so the copy is bit-exact
-      np.testing.assert_array_equal(got[i], want)
-    else:  # 2/12 is inexact: the weight on the neighbour pixel is ~1e-7, times values up to 255
-      np.testing.assert_allclose(got[i], want, rtol=0, atol=255 * 8 * np.finfo(np.float32).eps * w)
+    # Flip is about the image centre, then the shift: whole pixels copied, bit-exact at every size.
+    np.testing.assert_array_equal(got[i], numpy_crop_flip(images[i], sx, sy, flip))
+
+
+@pytest.mark.parametrize("crop_padding,flip", [(3, True), (2, False), (0, True)])
+def test_pixel_copy_equals_the_affine_sampler(crop_padding, flip):
+  """The whole-pixel fast path against the general one (the same draws' map through grid_sample), on
+  float images; 16 wide, so the map's offsets are exact in float32 and the sampler copies pixels too."""
+  rng = np.random.default_rng()
+  images = jnp.asarray(rng.normal(size=(32, 8, 16, 2)), jnp.float32)
+  keys = augment.example_keys(jax.random.key(int(rng.integers(1 << 30))), jnp.arange(32))
+  got = augment.padded_crop_and_flip(images, keys, crop_padding, flip)
+  theta = jax.vmap(lambda k: augment.random_affine(k, 8, 16, crop_padding, flip, 0.0))(keys)
+  want = sampler.grid_sample(images, sampler.affine_grid(theta, (8, 16)), padding_mode="zeros")
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  flipped = np.asarray(theta)[:, 0, 0] < 0
+  assert (flipped.any() and not flipped.all()) if flip else not flipped.any()   # 32 fair draws: p = 2^-31
+  if crop_padding:
+    assert len(np.unique(np.round(np.asarray(theta)[:, :, 2] * 4))) > 3   # several shifts drawn
 
 
 @pytest.mark.slow

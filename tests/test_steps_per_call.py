@@ -52,7 +52,8 @@ def test_repeat_steps_equals_a_python_loop_of_steps():
 @pytest.mark.slow
 def test_call_batches_stack_steps_outside_replicas():
   """The host batch of a call with two replicas: leaves (b, k, K, ...), step i's at [:, i] exactly the
-  batch a one-step call gets, (b, K, ...), which replicas.vmap_train_step maps over axis 1."""
+  batch a one-step call gets, (b, K, ...), which replicas.vmap_train_step maps over axis 1; and the stream
+  of calls the loop takes (feed.train_batches)."""
   run = run_lib.setup(tiny_config(num_seeds=2, seed=SEED, **{"augment.flip": True}))
   one = feed.train_batch_maker(run, on_host=True)
   many = feed.train_batch_maker(run, on_host=True, steps_per_call=3)(5)
@@ -61,6 +62,21 @@ def test_call_batches_stack_steps_outside_replicas():
     for i in range(3):
       np.testing.assert_array_equal(x[:, i], one(5 + i)[name])
   assert not np.array_equal(many["index"][:, 0, 0], many["index"][:, 0, 1])   # replicas draw their own
+  # The stream the loop takes from: each call's steps (feed.call_plan) with that call's batch.
+  stream = feed.train_batches(run, 3, 9, on_host=True, steps_per_call=3)
+  try:
+    with pytest.raises(RuntimeError, match="expected step 3, asked for 4"):
+      stream.take(4)
+    for want in feed.call_plan(3, 9, run.steps_per_epoch, 3):
+      steps, batch = stream.take(want[0])
+      assert steps == want
+      expected = feed.train_batch_maker(run, on_host=True, steps_per_call=len(steps))(steps[0])
+      for name in expected:
+        np.testing.assert_array_equal(batch[name], expected[name])
+    with pytest.raises(RuntimeError, match=r"none \(all taken\)"):
+      stream.take(9)
+  finally:
+    stream.close()
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Batched on-device augmentation. Random crop with zero padding, horizontal flip and rotation are
 composed into one affine map per image and applied with a single bilinear `grid_sample`: one read of
-each image. Integer crop offsets without rotation land on pixel centres, so crop + flip alone copies
-pixels as torchvision's pad-then-crop does: bit-exact for power-of-two sizes (the normalised offsets are
-then exact in float32), otherwise within float32 rounding (~1e-5 of the pixel value).
+each image. Without rotation or a resized crop, the map is a whole-pixel shift and a flip: that case
+copies pixels (`padded_crop_and_flip`), bit-exact as torchvision's pad-then-crop, with the same draws as
+the map. (Through the sampler its sample points lie exactly on pixels, where a compiler that rounds one
+coordinate two ways reads a whole pixel off: jax 0.10's XLA did so in the compiled train step.)
 """
 from __future__ import annotations
 
@@ -41,25 +42,55 @@ def resized_crop_box(key: jax.Array, height: int, width: int, scale, ratio, atte
   return ch, cw, top, left
 
 
+def _split(key: jax.Array):
+  """-> (crop key, flip key, rotation key) of one example's augmentation."""
+  return jax.random.split(key, 3)
+
+
+def _crop_shift(k_crop: jax.Array, crop_padding: int) -> jax.Array:
+  """-> int32 (2,): the padded crop's (x, y) shift in whole pixels, each in [-crop_padding, crop_padding]."""
+  return jax.random.randint(k_crop, (2,), -crop_padding, crop_padding + 1)
+
+
+def _flipped(k_flip: jax.Array, flip: bool) -> jax.Array:
+  """-> bool (): whether this example is flipped left-right (never when flip is off)."""
+  return jnp.asarray(flip) & jax.random.bernoulli(k_flip)
+
+
 def random_affine(key: jax.Array, height: int, width: int, crop_padding: int, flip: bool,
                   rotate_degrees: float, crop_scale=(0.0, 0.0), crop_ratio=(3 / 4, 4 / 3)) -> jax.Array:
   """One augmentation map (2, 3) in normalised coordinates (output pixel -> input pixel): a random
   resized crop (when crop_scale[1] > 0) or a padded random crop, then flip and rotation."""
-  k_crop, k_flip, k_rot = jax.random.split(key, 3)
+  k_crop, k_flip, k_rot = _split(key)
   if crop_scale[1] > 0:
     ch, cw, top, left = resized_crop_box(k_crop, height, width, crop_scale, crop_ratio)
     size = jnp.stack([cw / width, ch / height])
     t = jnp.stack([(2 * left + cw) / width - 1, (2 * top + ch) / height - 1])  # crop centre
   else:
-    shift = jax.random.randint(k_crop, (2,), -crop_padding, crop_padding + 1).astype(jnp.float32)
+    shift = _crop_shift(k_crop, crop_padding).astype(jnp.float32)
     size = jnp.ones((2,), jnp.float32)
     t = jnp.stack([2.0 * shift[0] / width, 2.0 * shift[1] / height])
-  sign = jnp.where(flip & jax.random.bernoulli(k_flip), -1.0, 1.0)
+  sign = jnp.where(_flipped(k_flip, flip), -1.0, 1.0)
   angle = jnp.deg2rad(jax.random.uniform(k_rot, (), minval=-rotate_degrees, maxval=rotate_degrees))
   c, s = jnp.cos(angle), jnp.sin(angle)
   # Rotation in pixel space written in normalised coordinates (they scale x and y by 2/W and 2/H).
   a = jnp.array([[c * sign, -s * height / width], [s * width / height * sign, c]]) * size[:, None]
   return jnp.concatenate([a, t[:, None]], axis=1)
+
+
+def padded_crop_and_flip(images: jax.Array, keys: jax.Array, crop_padding: int, flip: bool) -> jax.Array:
+  """The whole-pixel case of `random_affine` (no rotation, no resized crop) by copying pixels, with the
+  same draws: images (B, H, W, C), keys (B,) -> (B, H, W, C), output (i, j) = input (i + s_y, f(j) + s_x)
+  with f(j) = W - 1 - j where flipped, zeros outside the image."""
+  b, h, w, c = images.shape
+  padded = jnp.pad(images, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)))
+
+  def one(image, key):
+    k_crop, k_flip, _ = _split(key)
+    sx, sy = _crop_shift(k_crop, crop_padding) + crop_padding
+    crop = jax.lax.dynamic_slice(image, (sy, sx, 0), (h, w, c))
+    return jnp.where(_flipped(k_flip, flip), crop[:, ::-1], crop)
+  return jax.vmap(one)(padded, keys)
 
 
 def normalise(images: jax.Array, mean, std) -> jax.Array:
@@ -73,11 +104,15 @@ def augment(images: jax.Array, keys: jax.Array, *, crop_padding: int = 0, flip: 
             rotate_degrees: float = 0.0, crop_scale=(0.0, 0.0), crop_ratio=(3 / 4, 4 / 3),
             color_jitter=(0.0, 0.0, 0.0, 0.0), color_jitter_prob: float = 0.0,
             grayscale_prob: float = 0.0) -> jax.Array:
-  """images (B, H, W, C) uint8, keys (B,) -> (B, H, W, C) float32 in [0, 255]: one resampling for all
-  geometric changes, then colour jitter and grayscale (RGB only)."""
+  """images (B, H, W, C) uint8, keys (B,) -> (B, H, W, C) float32 in [0, 255]: one read of each image for
+  all geometric changes (a pixel copy for whole-pixel crops and flips, else one bilinear resampling), then
+  colour jitter and grayscale (RGB only)."""
   b, h, w, c = images.shape
+  whole_pixels = not rotate_degrees and not crop_scale[1] > 0
+  if whole_pixels and (crop_padding or flip):
+    images = padded_crop_and_flip(images, keys, crop_padding, flip)   # copies pixels, before the cast
   x = images.astype(jnp.float32)
-  if crop_padding or flip or rotate_degrees or crop_scale[1] > 0:
+  if not whole_pixels:
     theta = jax.vmap(lambda k: random_affine(k, h, w, crop_padding, flip, rotate_degrees, crop_scale,
                                              crop_ratio))(keys)
     # A padded crop reads zeros outside the image; a resized crop clamps to the edge, as resizing does.

@@ -52,20 +52,19 @@ def train_batch_maker(run, *, on_host: bool = False, steps_per_call: int = 1):
   return one if on_host else lambda step: run.par.shard(one(step))
 
 
-def call_steps(step: int, epoch_end: int, steps_per_call: int) -> tuple:
-  """The steps of the compiled call that starts at `step`: steps_per_call of them where they fit before
-  epoch_end (where the run evaluates and saves), else one (config.steps_per_call)."""
-  n = steps_per_call if step + steps_per_call <= epoch_end else 1
-  return tuple(range(step, step + n))
+def epoch_end(step: int, steps_per_epoch: int, end: int) -> int:
+  """The step at which the epoch holding `step` ends (the run evaluates and saves there), at most `end`."""
+  return min((step // steps_per_epoch + 1) * steps_per_epoch, end)
 
 
 def call_plan(first: int, end: int, steps_per_epoch: int, steps_per_call: int) -> list[tuple]:
-  """Steps first..end-1 cut into calls (`call_steps`), epoch by epoch: the calls the training loop makes."""
+  """Steps first..end-1 cut into the calls the training loop makes: steps_per_call steps per compiled call
+  where they fit before the epoch's end, else one (config.steps_per_call); calls never cross an epoch's end."""
   calls, step = [], first
   while step < end:
-    epoch_end = min((step // steps_per_epoch + 1) * steps_per_epoch, end)
-    calls.append(call_steps(step, epoch_end, steps_per_call))
-    step = calls[-1][-1] + 1
+    n = steps_per_call if step + steps_per_call <= epoch_end(step, steps_per_epoch, end) else 1
+    calls.append(tuple(range(step, step + n)))
+    step += n
   return calls
 
 
@@ -104,15 +103,15 @@ class OneAhead:
   def _make(self):
     return self._ship(next(self._host_batches))
 
-  def take(self, step: int) -> dict:
-    """The batch of the call starting at `step` (the one made ahead), and starts making the next."""
+  def take(self, step: int) -> tuple[tuple, dict]:
+    """-> (the steps of the call starting at `step`, its batch, the one made ahead); starts making the next."""
     if self._next is None or self._calls[self._index][0] != step:
       expected = self._calls[self._index][0] if self._next is not None else "none (all taken)"
       raise RuntimeError(f"batches are taken in step order: expected step {expected}, asked for {step}")
-    batch = self._next.result()
+    steps, batch = self._calls[self._index], self._next.result()
     self._index += 1
     self._next = self._pool.submit(self._make) if self._index < len(self._calls) else None
-    return batch
+    return steps, batch
 
   def close(self) -> None:
     """Waits for the batch in flight, then stops the pipeline (and its worker processes)."""

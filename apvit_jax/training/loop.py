@@ -181,20 +181,18 @@ class _Training:
     return self._summary(time.time() - t_start)
 
   def _epoch(self) -> None:
-    """Calls to the end of the current epoch (or total_steps), or until a stop is requested; a call runs
-    config.steps_per_call steps where they fit before the epoch's end, else one (feed.call_steps).
+    """Calls to the end of the current epoch (or total_steps), or until a stop is requested; each call runs
+    the steps `feed.call_plan` gave it (config.steps_per_call of them where they fit, else one).
     Throughput counts the calls after the epoch's first and leaves out any call that compiles."""
     run, par = self.run_, self.run_.par
-    epoch_end = min((self.step // run.steps_per_epoch + 1) * run.steps_per_epoch, run.total_steps)
+    epoch_end = feed.epoch_end(self.step, run.steps_per_epoch, run.total_steps)
     t0 = timed_from = None
     while self.step < epoch_end and not self.stop.check(self.step):
-      steps = feed.call_steps(self.step, epoch_end, self.steps_per_call)
+      steps, batch = self.batches.take(self.step)
       step_fn = self.train_steps if len(steps) > 1 else self.train_step
-      compiles = step_fn not in self.called
-      if compiles and timed_from is not None:   # a remainder's first one-step call, mid-epoch
+      if step_fn not in self.called and timed_from is not None:   # a remainder's first one-step call
         self._count_train_time(t0, timed_from)
         timed_from = None
-      batch = self.batches.take(self.step)
       if run.host_inputs:
         host_state = par.first_copy(self.state.replace(opt_state=None))
         batch = par.shard(run.host_inputs(batch, host_state, step_lib.inputs_key(self.train_key, self.step)))

@@ -1,0 +1,62 @@
+"""The images and patches the compiled train step really uses, against float64 NumPy (compiled_sampling.py),
+each check in a subprocess at XLA's default optimisation level as train.py compiles it: the suite compiles at
+level 0 (conftest.py), where a defect of the compiled step did not show (coordinates recomputed in two fusions
+that rounded whole-pixel positions apart: reads a whole pixel off, an error of 2.0 in normalised units).
+
+Tolerances: float32 coordinates (error ~1e-5 pixel on a 40-pixel axis) times pixel steps of up to 255/255
+over 0.5 (normalised units) or of the normalised images themselves (patches) allow ~4e-5; 1e-4 is used. A
+whole pixel off is an error of order 1.
+"""
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+OLD_JAX = tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12)
+SMALL = {"model.depth": 1}   # the checks are about the inputs: one block compiles faster
+
+
+def errors(*calls: str) -> list[float]:
+  """Runs each `compiled_sampling` call (Python source) in one fresh process on one CPU device. -> errors."""
+  code = "import compiled_sampling as c; print(" + ", ".join(calls) + ")"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+         "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
+  proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return [float(e) for e in proc.stdout.split()[-len(calls):]]
+
+
+@pytest.mark.slow
+def test_augmentation_in_the_compiled_step():
+  """What the recipes run: whole-pixel crops and flips (copied pixels), and crops with a 10 degree rotation
+  (the bilinear sampler, sample points off the pixels)."""
+  got = errors(f"c.crop_error({{'augment.flip': True, **{SMALL}}})",
+               f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 10.0, **{SMALL}}})")
+  assert max(got) < 1e-4, got
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(OLD_JAX, strict=True,
+                   reason="jax 0.10.2 (the floor stack): the sampler's compiled whole-pixel reads are still a "
+                          "pixel off (max error 2.0) with the coordinates behind a barrier; cause not found. "
+                          "The recipes' whole-pixel crops copy pixels instead and are right there")
+def test_sampler_on_whole_pixels_in_the_compiled_step():
+  """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds: whole-pixel
+  crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees).
+  Fails (2.0) without `sampler.pixel_coordinates`, the fix."""
+  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{SMALL}}}, 2)")
+  assert max(got) < 1e-4, got
+
+
+@pytest.mark.slow
+def test_front_end_patches_in_the_compiled_step():
+  """The adaptive front-end (APViT quickstart, from the identity: patches on the grid, samples on pixel
+  centres) through the gather sampler with rotation, and through the separable one (scale only)."""
+  got = errors(f"c.patch_error('apvit_quickstart', {SMALL})",
+               f"c.patch_error('apvit_quickstart', {{'model.adaptive.transform': 'scale', **{SMALL}}}, "
+               "'separable')")
+  assert max(got) < 1e-4, got
