@@ -8,8 +8,9 @@ import tempfile
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests compile far more than they run (a few steps per program): XLA:CPU's backend optimisation level 0
 # compiles ~1.5x faster (tests/test_adaptive.py, test_ips.py and test_vit.py: 216 s -> 140 s on 2 cores,
-# the same results). It changes how fast the compiled code runs, not what it computes; the subprocesses
-# the tests start inherit it. APVIT_TEST_XLA_OPT=default tests at XLA's default level instead.
+# the same results). It changes how fast the compiled code runs and, rarely, its rounding: it once hid a
+# defect of the compiled step (tests/test_compiled_sampling.py checks that at the default level). The
+# processes the tests start inherit it (tests/subprocess_env.py). APVIT_TEST_XLA_OPT=default tests at XLA's default level instead.
 if (os.environ.get("APVIT_TEST_XLA_OPT") != "default"
     and "xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]):
   os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"

@@ -11,6 +11,7 @@ import pytest
 
 from apvit_jax import sampler
 from bench import common, host_bench, peers_suite, sampler_bench, step_bench, torch_peers
+from subprocess_env import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -58,7 +59,7 @@ def test_table_and_peaks():
 def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path):
   """`python -m bench.run --suite=gpu --tiny --out=DIR` as a user types it: every row of the GPU suite
   (sampler, peer steps, our adaptive and IPS steps) at tiny sizes, both result files written."""
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-m", "bench.run", "--suite=gpu", "--tiny", "--warmup=0", "--repeats=1",
                          f"--out={tmp_path}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]

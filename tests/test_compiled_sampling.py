@@ -15,6 +15,8 @@ import sys
 import jax
 import pytest
 
+from subprocess_env import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OLD_JAX = tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12)
 SMALL = {"model.depth": 1}   # the checks are about the inputs: one block compiles faster
@@ -23,7 +25,7 @@ SMALL = {"model.depth": 1}   # the checks are about the inputs: one block compil
 def errors(*calls: str) -> list[float]:
   """Runs each `compiled_sampling` call (Python source) in one fresh process on one CPU device. -> errors."""
   code = "import compiled_sampling as c; print(" + ", ".join(calls) + ")"
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, "XLA_FLAGS": xla_flags(1, default_level=True), "JAX_PLATFORMS": "cpu",
          "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"}
   proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ import pytest
 from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import run as run_lib
+from subprocess_env import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -65,7 +66,7 @@ def finish(procs, timeout=400) -> list[str]:
 def base_env(devices: int) -> dict:
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_COORDINATOR", "JAX_NUM_PROC",
                                                                  "JAX_PROCESS_ID"))}
-  return {**env, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+  return {**env, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu"}
 
 
 def train_losses(workdir) -> dict:

@@ -13,6 +13,7 @@ import jax
 import pytest
 
 from apvit_jax.training import checkpoint as ckpt_lib, run as run_lib
+from subprocess_env import xla_flags
 from test_training import ROOT, tiny_config
 
 KILLS = 20
@@ -26,7 +27,7 @@ def command(workdir, total_steps=60):
 
 
 def one_device_env():
-  return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  return {**os.environ, "PYTHONUNBUFFERED": "1", "XLA_FLAGS": xla_flags(1)}
 
 
 def saves_in_progress(work: pathlib.Path) -> set[tuple[str, int]]:
