@@ -43,11 +43,12 @@ WORKLOADS = {
 }
 
 
-def load_config(name: str):
+def load_config(name: str, arg: str | None = None):
+  """configs/<name>.py's get_config(arg) (arg: the part after ':' on the command line, e.g. "smoke")."""
   spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(None)
+  return module.get_config(arg)
 
 
 def workload_config(name: str, batch_size: int, steps: int, extra: dict):

@@ -19,7 +19,7 @@ from apvit_jax.data import augment
 from apvit_jax.models import adaptive
 from apvit_jax.models.families.base import fetch
 from apvit_jax.training import feed, run as run_lib, step as step_lib
-from test_training import load_config
+from bench.step_bench import load_config
 
 
 def _capture(seen: list, *arrays) -> None:
@@ -31,9 +31,9 @@ def _capture(seen: list, *arrays) -> None:
 def _step_once(config_name: str, overrides: dict, capture_model_input: list | None = None):
   """Sets up the smoke run of configs/<config_name>.py with overrides and runs its compiled train step
   once on the first batch. -> (run, host batch, train key)."""
-  run = run_lib.setup(set_fields(load_config(config_name), {"optim.name": "sgd", "optim.grad_clip": 0.0,
-                                                            "total_steps": 3, **overrides}),
-                      devices=jax.devices()[:1])
+  config = set_fields(load_config(config_name, "smoke"), {"optim.name": "sgd", "optim.grad_clip": 0.0,
+                                                         "total_steps": 3, **overrides})
+  run = run_lib.setup(config, devices=jax.devices()[:1])
   if capture_model_input is not None:
     apply = run.state.apply_fn
 

@@ -1,6 +1,5 @@
 """Training: pmap == shard_map == one device; SIGKILL + resume == uninterrupted; every config's smoke
 variant runs; clear errors before compilation."""
-import importlib.util
 import json
 import os
 import pathlib
@@ -19,16 +18,14 @@ from apvit_jax.base_config import set_fields
 from apvit_jax.data import batches, host_pipeline
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
+from bench import step_bench
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
 
 
 def load_config(name, arg="smoke"):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(arg)
+  return step_bench.load_config(name, arg)
 
 
 def tiny_config(**overrides):
