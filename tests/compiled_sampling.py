@@ -57,11 +57,12 @@ def _stacked(seen: list, count: int) -> np.ndarray:
 def crop_error(aug: dict, num_seeds: int = 1) -> float:
   """The largest difference between the images the model receives inside the compiled train step and a
   float64 NumPy crop (flip, rotation) of the same images with the same draws, in normalised units, over
-  every replica (num_seeds > 1: the vmapped step). Quickstart config: 40x40 digits, whole-pixel crops."""
+  every replica (num_seeds > 1: the vmapped step). Quickstart config: 40x40 digits, whole-pixel crops
+  (crop_padding 2), or random resized crops with augment.crop_scale."""
   seen = []
   run, batch, key = _step_once("quickstart", {**aug, "num_seeds": num_seeds}, seen)
   a, (h, w) = run.config.augment, run.dataset.image_shape[:2]
-  assert a.crop_padding == 2
+  padding = "border" if a.crop_scale[1] > 0 else "zeros"   # as augment.augment pads
   keys, got = key.reshape(num_seeds), _stacked(seen, num_seeds)
   errors = []
   for r in range(num_seeds):
@@ -71,7 +72,7 @@ def crop_error(aug: dict, num_seeds: int = 1) -> float:
         k, h, w, a.crop_padding, a.flip, a.rotate_degrees, tuple(a.crop_scale), tuple(a.crop_ratio)))(draws))
     images, _ = fetch(run.dataset.train.arrays(), one)
     want = ref.grid_sample(np.asarray(images, np.float64), ref.affine_grid(theta.astype(np.float64), h, w, False),
-                           "zeros", False)
+                           padding, False)
     errors.append(np.max(np.abs(got[r] - (want / 255.0 - 0.5) / 0.5)))
   return float(max(errors))
 

@@ -48,10 +48,23 @@ def test_augmentation_in_the_compiled_step():
                           "The recipes' whole-pixel crops copy pixels instead and are right there")
 def test_sampler_on_whole_pixels_in_the_compiled_step():
   """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds: whole-pixel
-  crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees).
-  Fails (2.0) without `sampler.pixel_coordinates`, the fix."""
-  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{SMALL}}}, 2)")
+  crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees),
+  fails (2.0) without `sampler.pixel_coordinates`, the fix; and random resized crops of 90-100 % of the
+  image (whole-image boxes sample on pixels; 1.7 on jax 0.10.2, where the trainer warns)."""
+  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{SMALL}}}, 2)",
+               f"c.crop_error({{'augment.flip': True, 'augment.crop_scale': (0.9, 1.0), **{SMALL}}})")
   assert max(got) < 1e-4, got
+
+
+@pytest.mark.parametrize("version,warns", [("0.10.2", True), ("0.11.2", True), ("0.12.0.1", False)])
+def test_the_floor_stack_warns_about_resized_crops(version, warns):
+  from apvit_jax.base_config import base_config
+  from apvit_jax.data import augment
+  aug = base_config().augment
+  assert augment.floor_stack_warning(aug, version) is None   # no resized crop: nothing to warn about
+  aug.crop_scale = (0.2, 1.0)
+  message = augment.floor_stack_warning(aug, version)
+  assert (message is not None) == warns and (not warns or version in message and "crop_scale" in message)
 
 
 @pytest.mark.slow

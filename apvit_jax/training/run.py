@@ -12,7 +12,7 @@ import jax
 import numpy as np
 
 from apvit_jax.config_checks import ConfigError, check_config
-from apvit_jax.data import host_pipeline, sources
+from apvit_jax.data import augment, host_pipeline, sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
@@ -225,4 +225,4 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}" + (
           f", {run.config.steps_per_call} steps per call" if run.config.steps_per_call > 1 else ""),
       f"workdir: {workdir}",
-  ]
+  ] + [line for line in (augment.floor_stack_warning(run.config.augment),) if line]
