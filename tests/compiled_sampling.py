@@ -73,7 +73,7 @@ def crop_error(aug: dict, num_seeds: int = 1) -> float:
     images, _ = fetch(run.dataset.train.arrays(), one)
     want = ref.grid_sample(np.asarray(images, np.float64), ref.affine_grid(theta.astype(np.float64), h, w, False),
                            padding, False)
-    errors.append(np.max(np.abs(got[r] - (want / 255.0 - 0.5) / 0.5)))
+    errors.append(np.max(np.abs(got[r] - (want / 255.0 - np.asarray(a.mean)) / np.asarray(a.std))))
   return float(max(errors))
 
 

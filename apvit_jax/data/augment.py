@@ -82,7 +82,7 @@ def padded_crop_and_flip(images: jax.Array, keys: jax.Array, crop_padding: int, 
   """The whole-pixel case of `random_affine` (no rotation, no resized crop) by copying pixels, with the
   same draws: images (B, H, W, C), keys (B,) -> (B, H, W, C), output (i, j) = input (i + s_y, f(j) + s_x)
   with f(j) = W - 1 - j where flipped, zeros outside the image."""
-  b, h, w, c = images.shape
+  _, h, w, c = images.shape
   padded = jnp.pad(images, ((0, 0), (crop_padding, crop_padding), (crop_padding, crop_padding), (0, 0)))
 
   def one(image, key):

@@ -213,6 +213,7 @@ def _feeding(run: Run) -> str:
 def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
   ds, par, m, k = run.dataset, run.par, run.config.model, run.num_replicas
   params = state_lib.count_params(run.state.params) // k
+  warning = augment.floor_stack_warning(run.config.augment)
   return [
       f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
       f"parallel={par.mode}",
@@ -225,4 +226,4 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}" + (
           f", {run.config.steps_per_call} steps per call" if run.config.steps_per_call > 1 else ""),
       f"workdir: {workdir}",
-  ] + [line for line in (augment.floor_stack_warning(run.config.augment),) if line]
+  ] + ([warning] if warning else [])
