@@ -16,10 +16,11 @@ import jax
 import pytest
 
 from subprocess_env import xla_flags
+from test_training import TINY_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OLD_JAX = tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12)
-SMALL = {"model.depth": 1}   # the checks are about the inputs: one block compiles faster
+SMALL = TINY_MODEL   # the checks are about the inputs: the tests' one-block encoder compiles faster
 
 
 def errors(*calls: str) -> list[float]:
@@ -43,9 +44,10 @@ def test_augmentation_in_the_compiled_step():
 
 @pytest.mark.slow
 @pytest.mark.xfail(OLD_JAX, strict=True,
-                   reason="jax 0.10.2 (the floor stack): the sampler's compiled whole-pixel reads are still a "
-                          "pixel off (max error 2.0) with the coordinates behind a barrier; cause not found. "
-                          "The recipes' whole-pixel crops copy pixels instead and are right there")
+                   reason="jax 0.10.2 (the floor stack): its XLA:CPU removes the optimisation barrier before "
+                          "fusion, so the coordinates are recomputed inside each corner's gather again and "
+                          "whole-pixel reads land a pixel off (max error 2.0). The recipes' whole-pixel crops "
+                          "copy pixels instead and are right there")
 def test_sampler_on_whole_pixels_in_the_compiled_step():
   """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds: whole-pixel
   crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees),

@@ -2,24 +2,15 @@
 type, negative, zero, huge, not finite, empty, an unknown choice). Each must give a one-line error naming
 the field before anything is compiled, or start a run that works (those are then trained for two steps; a
 learning rate so large that the loss diverges stops with the non-finite-loss error, which names it)."""
-import importlib.util
 import math
-import pathlib
 
 import pytest
 
 from apvit_jax import config_checks
-from apvit_jax.base_config import base_config
+from apvit_jax.base_config import base_config, set_fields
 from apvit_jax.training import loop, run as run_lib, state as state_lib
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
-
-def load_config(name):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config("smoke")
+from test_training import TINY_MODEL, load_config
 
 
 def bad_values(default):
@@ -35,10 +26,11 @@ def bad_values(default):
 
 
 def tiny_config_for(field):
-  """A smoke config in which `field` is used: IPS fields on IPS, adaptive fields on APViT."""
+  """A smoke config in which `field` is used: IPS fields on IPS, adaptive fields on APViT; the ViTs with
+  the tests' one-block encoder (test_training.TINY_MODEL; IPS has no ViT encoder)."""
   name = "ips_megapixel_mnist" if field.startswith("model.ips.") else (
       "apvit_quickstart" if field.startswith("model.adaptive.") else "quickstart")
-  c = load_config(name)
+  c = set_fields(load_config(name), TINY_MODEL)
   c.progress_bar = False
   c.checkpoint.async_save = False
   return c

@@ -19,6 +19,7 @@ from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import run as run_lib
 from subprocess_env import xla_flags
+from test_training import SMOKE_ARGS, TINY_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -35,7 +36,7 @@ def free_port() -> int:
 
 
 def command(workdir, mode, steps=STEPS, async_save=False):
-  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:smoke",
+  return [sys.executable, str(ROOT / "train.py"), *SMOKE_ARGS,
           f"--workdir={workdir}", f"--config.parallel={mode}", "--config.progress_bar=False",
           "--config.log_every_steps=1", f"--config.total_steps={steps}",
           f"--config.checkpoint.async_save={async_save}", *(f"--config.{k}={v}" for k, v in SGD.items())]
@@ -150,4 +151,4 @@ def _config(mode):
   spec.loader.exec_module(module)
   c = module.get_config("smoke")
   c.parallel, c.total_steps = mode, STEPS
-  return set_fields(c, SGD)
+  return set_fields(c, {**TINY_MODEL, **SGD})

@@ -14,14 +14,14 @@ import pytest
 
 from apvit_jax.training import checkpoint as ckpt_lib, run as run_lib
 from subprocess_env import xla_flags
-from test_training import ROOT, tiny_config
+from test_training import ROOT, SMOKE_ARGS, tiny_config
 
 KILLS = 20
 
 
 def command(workdir, total_steps=60):
   """The quickstart smoke run: 32 training examples, batch 16 (2 steps an epoch, a checkpoint each)."""
-  return [sys.executable, str(ROOT / "train.py"), "--config=configs/quickstart.py:smoke",
+  return [sys.executable, str(ROOT / "train.py"), *SMOKE_ARGS,
           f"--workdir={workdir}", "--config.progress_bar=False", "--config.data.num_train=32",
           f"--config.total_steps={total_steps}", "--config.checkpoint.async_save=True"]
 

@@ -17,7 +17,8 @@ import pytest
 from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, loop, replicas, run as run_lib
-from test_training import ROOT, kill_after_checkpoint, load_config, logged_metrics, tiny_config, train_cmd
+from test_training import (ROOT, SMOKE_ARGS, kill_after_checkpoint, load_config, logged_metrics, tiny_config,
+                           train_cmd)
 
 SEED = 3
 # Dropout and every augmentation on, so each replica's dropout and augmentation keys are exercised.
@@ -135,7 +136,7 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   # The summaries agree per replica, and the command-line evaluation writes per-seed JSON.
   final = [[r for r in logged_metrics(d) if r["split"] == "summary"][-1] for d in (tmp_path / "ref", work)]
   assert final[0]["final_accuracy/seed1"] == final[1]["final_accuracy/seed1"]
-  cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), "--config=configs/quickstart.py:smoke",
+  cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SMOKE_ARGS,
                         f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
                         "--config.num_seeds=2", "--seed_index=1", "--visualize=1"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
