@@ -105,7 +105,10 @@ def pixel_coordinates(coord: jax.Array, n: int, align_corners: bool) -> jax.Arra
   and where they land on whole pixels (integer crops, flips, a regular grid) two fusions may round to
   either side of the pixel, pairing one fusion's floor (the corner read) with another's fraction (its
   weight): a read a whole pixel off (seen in the crop augmentation as a train step compiled it; tests in
-  test_compiled_sampling.py). Floors, clamps and fractions of one value are exact, so they always agree."""
+  test_compiled_sampling.py). Floors, clamps and fractions of one value are exact, so they always agree.
+  jax 0.10.2's XLA:CPU removes the barrier before fusion (its optimised HLO fuses the coordinate arithmetic
+  into every gather again), so there the defect remains; a sort over the coordinates keeps them apart on
+  that stack too but made the sampler 10-20x slower (measured), and is not used."""
   return jax.lax.optimization_barrier(_unnormalise(coord, n, align_corners))
 
 

@@ -97,8 +97,9 @@ def floor_stack_warning(aug_cfg, jax_version: str = jax.__version__) -> str | No
   """A warning for config.augment where the installed jax is known to compile it wrong, else None. On
   jax < 0.12 the train step's bilinear sampler reads whole pixels off where sample points land exactly
   on pixels: random resized crops near the full image (measured: max error 1.7 in normalised units;
-  tests/test_compiled_sampling.py). Rotated crops (10 degrees: right to 7e-6) and the pixel-copy crops and
-  flips are right there."""
+  tests/test_compiled_sampling.py; the cause: that XLA:CPU drops `sampler.pixel_coordinates`' optimisation
+  barrier before fusion). Rotated crops (10 degrees: right to 7e-6) and the pixel-copy crops and flips are
+  right there."""
   if tuple(int(v) for v in jax_version.split(".")[:2]) >= (0, 12) or not aug_cfg.crop_scale[1] > 0:
     return None
   return (f"warning: jax {jax_version} compiles random resized crops (augment.crop_scale) with reads a "
