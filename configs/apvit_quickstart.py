@@ -9,8 +9,8 @@ gives each patch a translation, scale and rotation, starting exactly on the 5×5
 (the ViT alone: 0.21 M). Same recipe as the quickstart (12 epochs, AdamW lr 2e-3).
 Measured on 2 CPU cores: 91.50 % test accuracy after 12 epochs in 308 s (412 images/s), against
 83.75 % in 116 s (1,151 images/s) for configs/quickstart.py run the same day on the same machine.
-Three seeds (--config.num_seeds=3, jax 0.12): 90.85 ± 0.31 % final against the quickstart's 84.68 ± 1.01 %
-(docs/RESULTS.md).
+Three seeds (--config.num_seeds=3, jax 0.12, re-run after the crop fix on 2026-11-25): 91.18 ± 0.74 %
+final against the quickstart's 84.60 ± 0.69 % (docs/RESULTS.md).
 Smoke: --config=configs/apvit_quickstart.py:smoke (a few steps, seconds).
 """
 from apvit_jax.base_config import apply_arg, base_config
