@@ -20,7 +20,6 @@ from test_training import TINY_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 OLD_JAX = tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12)
-SMALL = TINY_MODEL   # the checks are about the inputs: the tests' one-block encoder compiles faster
 
 
 def errors(*calls: str) -> list[float]:
@@ -37,8 +36,8 @@ def errors(*calls: str) -> list[float]:
 def test_augmentation_in_the_compiled_step():
   """What the recipes run: whole-pixel crops and flips (copied pixels), and crops with a 10 degree rotation
   (the bilinear sampler, sample points off the pixels)."""
-  got = errors(f"c.crop_error({{'augment.flip': True, **{SMALL}}})",
-               f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 10.0, **{SMALL}}})")
+  got = errors(f"c.crop_error({{'augment.flip': True, **{TINY_MODEL}}})",
+               f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 10.0, **{TINY_MODEL}}})")
   assert max(got) < 1e-4, got
 
 
@@ -53,8 +52,8 @@ def test_sampler_on_whole_pixels_in_the_compiled_step():
   crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees),
   fails (2.0) without `sampler.pixel_coordinates`, the fix; and random resized crops of 90-100 % of the
   image (whole-image boxes sample on pixels; 1.7 on jax 0.10.2, where the trainer warns)."""
-  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{SMALL}}}, 2)",
-               f"c.crop_error({{'augment.flip': True, 'augment.crop_scale': (0.9, 1.0), **{SMALL}}})")
+  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{TINY_MODEL}}}, 2)",
+               f"c.crop_error({{'augment.flip': True, 'augment.crop_scale': (0.9, 1.0), **{TINY_MODEL}}})")
   assert max(got) < 1e-4, got
 
 
@@ -73,7 +72,7 @@ def test_the_floor_stack_warns_about_resized_crops(version, warns):
 def test_front_end_patches_in_the_compiled_step():
   """The adaptive front-end (APViT quickstart, from the identity: patches on the grid, samples on pixel
   centres) through the gather sampler with rotation, and through the separable one (scale only)."""
-  got = errors(f"c.patch_error('apvit_quickstart', {SMALL})",
-               f"c.patch_error('apvit_quickstart', {{'model.adaptive.transform': 'scale', **{SMALL}}}, "
+  got = errors(f"c.patch_error('apvit_quickstart', {TINY_MODEL})",
+               f"c.patch_error('apvit_quickstart', {{'model.adaptive.transform': 'scale', **{TINY_MODEL}}}, "
                "'separable')")
   assert max(got) < 1e-4, got

@@ -19,7 +19,7 @@ from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import run as run_lib
 from subprocess_env import xla_flags
-from test_training import SMOKE_ARGS, TINY_MODEL
+from test_training import SMOKE_ARGS, TINY_MODEL, load_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 6
@@ -145,10 +145,5 @@ def test_one_host_preempted_both_stop_at_one_step_and_resume_exactly(tmp_path):
 
 
 def _config(mode):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("quickstart", ROOT / "configs" / "quickstart.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config("smoke")
-  c.parallel, c.total_steps = mode, STEPS
-  return set_fields(c, {**TINY_MODEL, **SGD})
+  """The config the commands above train (SMOKE_ARGS with SGD), in this process."""
+  return set_fields(load_config("quickstart"), {**TINY_MODEL, **SGD, "parallel": mode, "total_steps": STEPS})
