@@ -2,7 +2,6 @@
 PyTorch's affine_grid + grid_sample, and against the gather sampler (values and gradients)."""
 import functools
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,7 +149,12 @@ def test_front_end_gives_the_same_tokens_and_gradients_with_either_sampler(trans
   want_loss, want_grads = jax.value_and_grad(loss)(variables["params"], "gather")
   got_loss, got_grads = jax.value_and_grad(loss)(variables["params"], "separable")
   np.testing.assert_allclose(got_loss, want_loss, rtol=1e-5)
-  chex.assert_trees_all_close(got_grads, want_grads, rtol=1e-4, atol=1e-5)
+  # Each gradient entry of the localisation network sums thousands of float32 products of both signs, in
+  # a different order on each path: its rounding error scales with the leaf's largest entries, not with the
+  # entry itself (an entry that cancels to -5.4 among entries of 2,000 differed by 6.6e-4 on one CPU). So
+  # the absolute tolerance is relative to each leaf's largest magnitude.
+  jax.tree.map(lambda got, want: np.testing.assert_allclose(
+      got, want, rtol=1e-4, atol=1e-5 * float(jnp.abs(want).max())), got_grads, want_grads)
 
 
 def test_separable_sampler_with_a_rotating_transform_is_refused_before_compilation():
