@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from apvit_jax.models.dropout import Dropout
 from apvit_jax.models.resnet import FeatureProjector, RESNETS, ResNetTrunk, trunk_width
 
 ENCODERS = (*RESNETS, "features")
@@ -82,7 +83,7 @@ class CrossAttentionAggregator(nn.Module):
     self.norm1 = nn.LayerNorm(epsilon=1e-6)
     self.mlp1, self.mlp2 = nn.Dense(self.mlp_dim), nn.Dense(self.dim)
     self.norm2 = nn.LayerNorm(epsilon=1e-6)
-    self.drop_attn, self.drop = nn.Dropout(self.attn_dropout), nn.Dropout(self.dropout)
+    self.drop_attn, self.drop = Dropout(self.attn_dropout), Dropout(self.dropout)
 
   def attention_weights(self, x):
     """(B, N, D) -> softmax weights (B, heads, tokens, N). Written out (not jax.nn.dot_product_attention)

@@ -15,6 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from apvit_jax.models.dropout import Dropout
 from apvit_jax.models.vit import EncoderBlock
 
 STNS = ("dps", "cnn")
@@ -40,7 +41,7 @@ class ChannelSelfAttention(nn.Module):
     y = EncoderBlock(self.num_heads, 4 * self.width, dtype=self.dtype, attention_impl=self.attention_impl,
                      name="block")(y, train)
     y = nn.gelu(nn.Dense(h * w, name="decode", **init)(y))
-    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = Dropout(self.dropout)(y, deterministic=not train)
     return x + y.transpose(0, 2, 1).reshape(b, h, w, c).astype(x.dtype)
 
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apvit_jax.models.dropout import Dropout
 from apvit_jax.models.posembed import GridPosEmbed
 
 # name -> (width, depth, heads); MLP width is 4x.
@@ -130,9 +131,9 @@ class MlpBlock(nn.Module):
     d = x.shape[-1]
     init = dict(kernel_init=nn.initializers.xavier_uniform(), bias_init=nn.initializers.normal(1e-6))
     x = nn.Dense(self.mlp_dim, dtype=self.dtype, **init)(x)
-    x = nn.Dropout(self.dropout)(nn.gelu(x), deterministic=not train)
+    x = Dropout(self.dropout)(nn.gelu(x), deterministic=not train)
     x = nn.Dense(d, dtype=self.dtype, **init)(x)
-    return nn.Dropout(self.dropout)(x, deterministic=not train)
+    return Dropout(self.dropout)(x, deterministic=not train)
 
 
 class DropPath(nn.Module):
@@ -165,7 +166,7 @@ class EncoderBlock(nn.Module):
     """x (B, T, D) -> (B, T, D); `drop_rate` overrides `drop_path` (scanned layers pass theirs)."""
     y = nn.LayerNorm(dtype=self.dtype, name="norm1")(x)
     y = MultiHeadAttention(self.num_heads, self.dtype, self.attention_impl, name="attn")(y)
-    y = nn.Dropout(self.dropout)(y, deterministic=not train)
+    y = Dropout(self.dropout)(y, deterministic=not train)
     x = x + DropPath(self.drop_path)(y, train=train, rate=drop_rate)
     y = nn.LayerNorm(dtype=self.dtype, name="norm2")(x)
     y = MlpBlock(self.mlp_dim, self.dropout, self.dtype, name="mlp")(y, train=train)
@@ -285,7 +286,7 @@ class ViT(nn.Module):
       cls = self.param("cls", nn.initializers.zeros, (1, 1, d))
       cls_pos = self.param("cls_pos_embedding", nn.initializers.normal(0.02), (1, 1, d))
       x = jnp.concatenate([jnp.broadcast_to((cls + cls_pos).astype(x.dtype), (b, 1, d)), x], axis=1)
-    x = nn.Dropout(self.dropout)(x, deterministic=not train)
+    x = Dropout(self.dropout)(x, deterministic=not train)
     x = Encoder(self.depth, self.num_heads, self.mlp_ratio * d, self.dropout, self.drop_path,
                 self.dtype, self.attention_impl, self.remat, self.scan, name="encoder")(x, train=train)
     pre_logits = x[:, 0] if self.pool == "token" else x.mean(axis=1)
