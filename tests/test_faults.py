@@ -1,5 +1,6 @@
 """Faults of real clusters, each against an uninterrupted run: SIGKILL while orbax is writing a checkpoint
-(20 seeded moments in one chain of restarts), and one host of a two-process run preempted."""
+(20 seeded moments in four chains of 5 restarts, one test each, so that no test runs near a minute and the
+suite's workers share them), and one host of a two-process run preempted."""
 import os
 import pathlib
 import random
@@ -16,7 +17,8 @@ from apvit_jax.training import checkpoint as ckpt_lib, run as run_lib
 from subprocess_env import xla_flags
 from test_training import ROOT, SMOKE_ARGS, tiny_config
 
-KILLS = 20
+KILLS = 5    # per chain; CHAINS chains with their own seeds: 20 kills in all
+CHAINS = 4
 
 
 def command(workdir, total_steps=60):
@@ -52,16 +54,23 @@ def final_state(work, steps=60):
   return ckpt_lib.Checkpointer(work, read_only=True).restore(steps, target)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The workdir of the command run without interruption (once per test worker)."""
+  work = tmp_path_factory.mktemp("uninterrupted")
+  reference = subprocess.run(command(work), cwd=ROOT, env=one_device_env(), capture_output=True, text=True)
+  assert reference.returncode == 0, reference.stderr[-2000:]
+  return work
+
+
 @pytest.mark.slow
-def test_sigkill_during_asynchronous_saves_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("chain", range(CHAINS))
+def test_sigkill_during_asynchronous_saves_resumes_exactly(tmp_path, chain, uninterrupted):
   """One workdir, KILLS restarts of the same command: each process is SIGKILLed a seeded random time
   (0-150 ms) after a checkpoint write appears on disk, i.e. while orbax writes it or just after. Every
   restart resumes from the newest complete step (never from a half-written one), every complete step
   restores, and the run ends equal to an uninterrupted one."""
-  env, rng = one_device_env(), random.Random(0)
-  reference = subprocess.run(command(tmp_path / "reference"), cwd=ROOT, env=env, capture_output=True,
-                             text=True)
-  assert reference.returncode == 0, reference.stderr[-2000:]
+  env, rng = one_device_env(), random.Random(chain)
   work, mid_write, starts = tmp_path / "killed", 0, []
   for kill in range(KILLS):
     before, stale = ckpt_lib.finished_steps(work), saves_in_progress(work)
@@ -84,5 +93,6 @@ def test_sigkill_during_asynchronous_saves_resumes_exactly(tmp_path):
   resumed = subprocess.run(command(work), cwd=ROOT, env=env, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   print(f"{KILLS} kills, {mid_write} of them left a checkpoint half-written; restarts at steps {starts}")
-  assert mid_write >= KILLS // 4, f"only {mid_write} kills landed during a write: the test lost its point"
-  chex.assert_trees_all_close(final_state(tmp_path / "reference"), final_state(work), rtol=1e-6, atol=1e-7)
+  # At least a quarter of the kills (rounded up) cut their own write; on this project's machines all do.
+  assert mid_write >= -(-KILLS // 4), f"only {mid_write} kills landed during a write: the test lost its point"
+  chex.assert_trees_all_close(final_state(uninterrupted), final_state(work), rtol=1e-6, atol=1e-7)
