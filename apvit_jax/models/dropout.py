@@ -13,7 +13,7 @@ nothing here is partitioned.
 
 Measured on a 2-core CPU (jax 0.12): the mask of a (64, 17, 1152) activation 9.9 ms with flax's
 dropout, 3.3 ms here; the std_vit_cifar10 train step (batch 64, float32, dropout 0.1 after attention,
-GELU and the MLP in 6 blocks) 391-420 ms -> 318-359 ms (bench/RESULTS.md).
+GELU and the MLP in 6 blocks) 345-400 ms -> 275-288 ms, alternating runs (bench/RESULTS.md).
 """
 from __future__ import annotations
 
