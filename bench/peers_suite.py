@@ -173,15 +173,24 @@ COLUMNS = [("workload", "workload", ""), ("batch", "batch", "d"), ("ours_ms", "o
            ("peer", "peer", "")]
 
 
-def jobs(preset: str, *, tiny: bool, warmup: int, repeats: int) -> list[tuple[str, object]]:
-  """The suite as (name, () -> rows) jobs: one per sampler size, one per train-step workload."""
+def jobs(preset: str, *, tiny: bool, warmup: int, repeats: int, only: tuple[str, ...] = ()
+         ) -> list[tuple[str, object]]:
+  """The suite as (name, () -> rows) jobs: one per sampler size, one per train-step workload; with
+  `only`, the jobs with one of those words in their name, e.g. "sampler", "step", "dps_vit_cifar10" (each
+  must name a job, else ValueError)."""
   spec = PRESETS[preset]
   out = [(f"sampler {size[0]}", lambda size=size: sampler_rows((size,), warmup=warmup, repeats=repeats))
          for size in (TINY_SAMPLER if tiny else spec["sampler"])]
   for step in spec["steps"]:
     out.append((step_name(step[0], step[3]),
                 lambda step=step: step_rows((step,), tiny=tiny, warmup=warmup, repeats=repeats)))
-  return out
+  if not only:
+    return out
+  unmatched = [o for o in only if not any(o in name.split() for name, _ in out)]
+  if unmatched:
+    raise ValueError(f"--only={','.join(unmatched)} matches no job of the {preset} suite; its jobs: "
+                     + "; ".join(name for name, _ in out))
+  return [(name, job) for name, job in out if set(only) & set(name.split())]
 
 
 def check_out(out: pathlib.Path) -> None:
@@ -192,18 +201,20 @@ def check_out(out: pathlib.Path) -> None:
 
 
 def run(preset: str, out: str | pathlib.Path, *, tiny: bool = False, warmup: int = 3, repeats: int = 10,
-        command: str = "") -> dict:
+        command: str = "", only: tuple[str, ...] = ()) -> dict:
   """Runs one preset ("gpu" or "cpu"), writes out/results.json and out/results.md, returns the result.
 
   Both files are rewritten after every job (a sampler size, a train step), so a run stopped by a time
   limit keeps what it measured ("complete": false). A job that raises (out of memory, a kernel the device
-  lacks) becomes a row with its "error"; the others still run."""
+  lacks) becomes a row with its "error"; the others still run. `only`: run those jobs alone (see `jobs`),
+  e.g. the ones a cut run did not reach."""
   out = pathlib.Path(out)
   check_out(out)
+  todo = jobs(preset, tiny=tiny, warmup=warmup, repeats=repeats, only=only)
   out.mkdir(parents=True, exist_ok=True)
   result = {"preset": preset, "tiny": tiny, "machine": common.machine(), "command": command,
             "complete": False, "rows": []}
-  for name, job in jobs(preset, tiny=tiny, warmup=warmup, repeats=repeats):
+  for name, job in todo:
     try:
       rows = job()
     except Exception as e:  # noqa: BLE001 -- one workload's failure must not cost the others' numbers

@@ -5,6 +5,7 @@
   python -m bench.run --suite=steps --workloads=apvit_cifar10 --set=model.dtype=float32
   python -m bench.run --suite=gpu --out=DIR    # ours vs the PyTorch peers, the GPU issue's sizes
   python -m bench.run --suite=cpu --out=DIR    # ours vs the PyTorch peers, the CPU issue's sizes
+  python -m bench.run --suite=gpu --only=apvit_cifar10 --out=DIR2   # only the jobs with these words in their names
   python -m bench.run --suite=seeds --num_seeds=1,2,4,8 --json=...   # K seeds in one step (num_seeds)
   python -m bench.run --suite=host --workers=0,1,2 --json=...   # streamed host batches/s, grain workers
 
@@ -27,6 +28,9 @@ flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", *
                   "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
                   "sizes of the GPU or the CPU speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
+flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name "
+                  "(e.g. --only=sampler,apvit_cifar10: the sampler sizes and the apvit_cifar10 step), such as "
+                  "those a run cut by a time limit did not reach.")
 flags.DEFINE_bool("tiny", False, "gpu/cpu suites: tiny sizes, to check the command end to end on a CPU.")
 flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
                   + ", ".join(step_bench.WORKLOADS))
@@ -73,9 +77,11 @@ def main(argv):
       raise app.UsageError(f"--suite={f.suite} writes DIR/results.json and DIR/results.md: give --out=DIR")
     try:
       peers_suite.check_out(pathlib.Path(f.out))   # before any work, as --json above
-    except FileExistsError as e:
+      peers_suite.jobs(f.suite, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, only=tuple(f.only))
+    except (FileExistsError, ValueError) as e:
       raise app.UsageError(str(e)) from e
-    result = peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command)
+    result = peers_suite.run(f.suite, f.out, tiny=f.tiny, warmup=f.warmup, repeats=f.repeats, command=command,
+                             only=tuple(f.only))
     failed = [r["workload"] for r in result["rows"] if r.get("error")]
     if failed:   # every other row is measured and written; the exit status says that some are not
       sys.exit(f"{len(failed)} workload(s) failed (their rows carry the error): {', '.join(failed)}")
