@@ -172,7 +172,10 @@ def test_fused_backward_equals_autodiff(padding_mode, align_corners, dtype):
     out, pullback = jax.vjp(jax.jit(f), images, theta)
     return (out, *pullback(cotangent))
 
-  fused, autodiff = vjp(sampler.grid_sample), vjp(sampler.grid_sample_autodiff)
+  fused = vjp(sampler.grid_sample)
+  if dtype == "bfloat16":   # the reference differentiates the same bf16 numbers, held exactly in float32
+    images, cotangent = images.astype(jnp.float32), cotangent.astype(jnp.float32)
+  autodiff = vjp(sampler.grid_sample_autodiff)
   grid = np.asarray(sampler.affine_grid(theta, (p, p), align_corners))
   assert (np.abs(grid) > 1).any() and (np.abs(grid) < 1).all(-1).any()  # both outside and inside samples
   for name, got, want in zip(("value", "image grad", "theta grad"), fused, autodiff):
@@ -187,9 +190,12 @@ def test_fused_backward_equals_autodiff(padding_mode, align_corners, dtype):
       # (atol 1e-6 of the largest entry failed about one run in ten on that, on random inputs.)
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max(), err_msg=name)
     else:
-      # bf16 images and cotangents, float32 arithmetic: both paths round their result to bf16 once
-      # (relative 2^-8); the image gradient is accumulated in float32 before that rounding.
-      np.testing.assert_allclose(got, want, rtol=1e-2, atol=1e-2 * np.abs(want).max(), err_msg=name)
+      # bf16 images and cotangents: the fused path computes in float32 and rounds its result to bf16 once
+      # (relative 2^-9, one bf16 ulp is 2^-8); the image gradient is accumulated in float32 before that
+      # rounding. The reference is autodiff of the same numbers in float32: autodiff in bf16 accumulates
+      # the image gradient in bf16 and was off by up to 2 % where many border samples land on one pixel
+      # (3 failures in 150 random draws; against the float32 reference the worst was 1.9e-3).
+      np.testing.assert_allclose(got, want, rtol=2**-8, atol=2**-8 * np.abs(want).max(), err_msg=name)
 
 
 def test_gradient_to_the_maps_alone_compiles_without_the_image_scatter():
