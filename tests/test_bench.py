@@ -55,45 +55,46 @@ def test_table_and_peaks():
   assert out.splitlines() == ["| name | value |", "|---|---:|", "| x | 1,234.5 |", "| y | - |"]
 
 
-# The GPU suite's jobs in two commands of about the same length (each well under a minute on 2 cores),
-# together every job once: the sampler, the steps with a PyTorch peer and APViT; DPS-ViT's three and IPS.
-OURS_ALONE = ("dps_vit_cifar10", "ips_megapixel_mnist")
-GPU_SUITE_HALVES = {"sampler, peer steps, apvit":
-                        "sampler,vit_s16_224,pit_t_32,vit_t2_32,std_vit_cifar10,apvit_cifar10",
-                    "dps_vit and ips steps": ",".join(OURS_ALONE)}
+# The GPU suite's jobs in three commands (each about half a minute on 2 cores, under a minute on a slow
+# day), together every job once: the sampler and the steps with a PyTorch peer; DPS-ViT's three steps;
+# APViT and IPS.
+PEER_STEPS = ("vit_s16_224", "pit_t_32", "vit_t2_32", "std_vit_cifar10")
+GPU_SUITE_PARTS = {"sampler and peer steps": ("sampler", *PEER_STEPS), "dps_vit steps": ("dps_vit_cifar10",),
+                   "apvit and ips steps": ("apvit_cifar10", "ips_megapixel_mnist")}
 
 
-def test_gpu_suite_halves_cover_every_job_once():
+def test_gpu_suite_parts_cover_every_job_once():
   names = [name for name, _ in peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1)]
-  halves = [[name for name, _ in peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1, only=tuple(o.split(",")))]
-            for o in GPU_SUITE_HALVES.values()]
-  assert sorted(halves[0] + halves[1]) == sorted(names) and not set(halves[0]) & set(halves[1])
+  parts = [name for only in GPU_SUITE_PARTS.values()
+           for name, _ in peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1, only=only)]
+  assert sorted(parts) == sorted(names)   # every job, none twice
   with pytest.raises(ValueError, match="--only=vit_b16 matches no job of the gpu suite"):
     peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1, only=("sampler", "vit_b16"))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("half", GPU_SUITE_HALVES)
-def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, half):
+@pytest.mark.parametrize("part", GPU_SUITE_PARTS)
+def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, part):
   """`python -m bench.run --suite=gpu --tiny --only=... --out=DIR` as a user types it: the rows of the
   GPU suite (sampler, peer steps, our adaptive and IPS steps) at tiny sizes, both result files written."""
   env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
   proc = subprocess.run([sys.executable, "-m", "bench.run", "--suite=gpu", "--tiny", "--warmup=0", "--repeats=1",
-                         f"--only={GPU_SUITE_HALVES[half]}", f"--out={tmp_path}"], cwd=ROOT, env=env,
+                         f"--only={','.join(GPU_SUITE_PARTS[part])}", f"--out={tmp_path}"], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "results.json").read_text())
   names = [r["workload"] for r in result["rows"]]
   steps = [w for w, *_ in peers_suite.PRESETS["gpu"]["steps"]]
-  if half == "sampler, peer steps, apvit":
+  if part == "sampler and peer steps":
     assert names[:6] == ["sampler forward B2 16² 4×8²", "sampler fwd+bwd B2 16² 4×8²",
                          "sampler fwd+bwd to maps B2 16² 4×8²", "sampler separable forward B2 16² 4×8²",
                          "sampler separable fwd+bwd B2 16² 4×8²", "sampler separable fwd+bwd to maps B2 16² 4×8²"]
     assert all(("gather_ms" in r) == r["workload"].startswith("sampler separable") for r in result["rows"])
-    assert [n.split()[1] for n in names[6:]] == [s for s in steps if s not in OURS_ALONE]
+    assert [n.split()[1] for n in names[6:]] == list(PEER_STEPS)
   else:
-    assert "step dps_vit_cifar10 patch_sampler=separable" in names
-    assert [n.split()[1] for n in names] == [s for s in steps if s in OURS_ALONE]
+    assert [n.split()[1] for n in names] == [s for s in steps if s in GPU_SUITE_PARTS[part]]
+    assert part != "dps_vit steps" or names == ["step dps_vit_cifar10", "step dps_vit_cifar10 patch_sampler=separable",
+                                                "step dps_vit_cifar10 steps_per_call=8"]
   for row in result["rows"]:
     assert row["ours_ms"] > 0, row
     assert ("peer_ms" in row) == ("ours_vs_peer" in row)
