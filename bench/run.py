@@ -70,6 +70,8 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"unknown workloads {unknown}; choose from {list(step_bench.WORKLOADS)}")
   command = " ".join(["python -m bench.run", *sys.argv[1:]])
+  if f.only and f.suite not in peers_suite.PRESETS:
+    raise app.UsageError(f"--only chooses jobs of the gpu and cpu suites, not of --suite={f.suite}")
   if f.json and pathlib.Path(f.json).exists():   # checked before any work; results are never overwritten
     raise app.UsageError(f"--json={f.json} exists: give another path")
   if f.suite in peers_suite.PRESETS:

@@ -73,6 +73,16 @@ def test_gpu_suite_parts_cover_every_job_once():
 
 
 @pytest.mark.slow
+def test_only_is_refused_where_it_does_not_apply(tmp_path):
+  for args, message in ((["--suite=steps", "--only=sampler"], "--only chooses jobs of the gpu and cpu suites"),
+                        (["--suite=cpu", "--only=vit_b16", f"--out={tmp_path}"], "--only=vit_b16 matches no job")):
+    proc = subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=120)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+  assert not any(tmp_path.iterdir())   # refused before any work: nothing written
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("part", GPU_SUITE_PARTS)
 def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, part):
   """`python -m bench.run --suite=gpu --tiny --only=... --out=DIR` as a user types it: the rows of the
