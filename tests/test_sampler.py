@@ -167,15 +167,14 @@ def test_fused_backward_equals_autodiff(padding_mode, align_corners, dtype):
   theta = jnp.asarray(random_theta(rng, (b, n)))
   cotangent = jnp.asarray(rng.normal(size=(b, n, p, p, c)), dtype)
 
-  def vjp(sample):
+  def vjp(sample, images, cotangent):
     f = lambda im, th: sample(im, sampler.affine_grid(th, (p, p), align_corners), padding_mode, align_corners)
     out, pullback = jax.vjp(jax.jit(f), images, theta)
     return (out, *pullback(cotangent))
 
-  fused = vjp(sampler.grid_sample)
-  if dtype == "bfloat16":   # the reference differentiates the same bf16 numbers, held exactly in float32
-    images, cotangent = images.astype(jnp.float32), cotangent.astype(jnp.float32)
-  autodiff = vjp(sampler.grid_sample_autodiff)
+  fused = vjp(sampler.grid_sample, images, cotangent)
+  # The reference differentiates the same numbers, bf16 ones held exactly in float32.
+  autodiff = vjp(sampler.grid_sample_autodiff, images.astype(jnp.float32), cotangent.astype(jnp.float32))
   grid = np.asarray(sampler.affine_grid(theta, (p, p), align_corners))
   assert (np.abs(grid) > 1).any() and (np.abs(grid) < 1).all(-1).any()  # both outside and inside samples
   for name, got, want in zip(("value", "image grad", "theta grad"), fused, autodiff):
