@@ -1,6 +1,6 @@
 """Faults of real clusters, each against an uninterrupted run: SIGKILL while orbax is writing a checkpoint
 (20 seeded moments in four chains of 5 restarts, one test each, so that no test runs near a minute and the
-suite's workers share them), and one host of a two-process run preempted."""
+suite's workers share them; one uninterrupted run for all), and one host of a two-process run preempted."""
 import os
 import pathlib
 import random
@@ -14,6 +14,7 @@ import jax
 import pytest
 
 from apvit_jax.training import checkpoint as ckpt_lib, run as run_lib
+from session_run import shared_folder
 from subprocess_env import xla_flags
 from test_training import ROOT, SMOKE_ARGS, tiny_config
 
@@ -54,13 +55,15 @@ def final_state(work, steps=60):
   return ckpt_lib.Checkpointer(work, read_only=True).restore(steps, target)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-  """The workdir of the command run without interruption (once per test worker)."""
-  work = tmp_path_factory.mktemp("uninterrupted")
+def run_uninterrupted(work):
   reference = subprocess.run(command(work), cwd=ROOT, env=one_device_env(), capture_output=True, text=True)
   assert reference.returncode == 0, reference.stderr[-2000:]
-  return work
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+  """The workdir of the command run without interruption (once per session: session_run.py)."""
+  return shared_folder(tmp_path_factory, "faults_uninterrupted", run_uninterrupted)
 
 
 @pytest.mark.slow

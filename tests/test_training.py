@@ -19,6 +19,7 @@ from apvit_jax.data import batches, host_pipeline
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
 from bench import step_bench
+from session_run import shared_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -107,48 +108,47 @@ def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
   return killed_at
 
 
-@pytest.mark.slow
-def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
-  env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  # Uninterrupted reference run.
-  ref = subprocess.run(train_cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True)
+RESUME_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def run_uninterrupted(work):
+  ref = subprocess.run(train_cmd(work), cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
   assert ref.returncode == 0, ref.stderr[-2000:]
-  # Run killed with SIGKILL as soon as a checkpoint past step 4 is complete, then re-run.
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(tmp_path_factory):
+  """The 60-step run of train_cmd, uninterrupted, on 8 devices (once per session: session_run.py) ->
+  (its final state restored, the target tree), for the SIGKILL and the SIGTERM tests."""
+  ref_dir = shared_folder(tmp_path_factory, "resume_uninterrupted", run_uninterrupted)
+  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
+  return ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(60, target), target
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted_run):
+  """SIGKILLed as soon as a checkpoint past step 4 is complete, then re-run: the final parameters and
+  optimizer state equal the uninterrupted run's; eval.py (its function and its command line) restores the
+  best checkpoint and reproduces the logged accuracy."""
+  final, target = uninterrupted_run
   work = tmp_path / "killed"
-  kill_after_checkpoint(train_cmd(work), work, 6, env, last_step=60)
-  resumed = subprocess.run(train_cmd(work), cwd=ROOT, env=env, capture_output=True, text=True)
+  kill_after_checkpoint(train_cmd(work), work, 6, RESUME_ENV, last_step=60)
+  resumed = subprocess.run(train_cmd(work), cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   start = int(resumed.stdout.split("starting at step ")[1].split()[0])
   assert 6 <= start < 60
-  # Final parameters and optimizer state equal the uninterrupted run's.
-  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
-  final = [ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work)]
-  chex.assert_trees_all_close(final[0], final[1], rtol=1e-6, atol=1e-7)
-  # SIGTERM (preemption): the run checkpoints the step it reached, exits cleanly, and resumes exactly.
-  termed = tmp_path / "sigterm"
-  proc = subprocess.Popen(train_cmd(termed), cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                          stderr=subprocess.DEVNULL, text=True)
-  deadline = time.time() + 120
-  while time.time() < deadline and not (termed / "metrics.jsonl").exists():
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGTERM)
-  out, _ = proc.communicate(timeout=120)
-  assert proc.returncode == 0 and "SIGTERM at step" in out, out[-2000:]
-  term_step = int(out.split("SIGTERM at step ")[1].split(":")[0])
-  assert 0 < term_step < 60 and (termed / "checkpoints" / str(term_step)).is_dir()
-  resumed = subprocess.run(train_cmd(termed), cwd=ROOT, env=env, capture_output=True, text=True)
-  assert resumed.returncode == 0 and f"starting at step {term_step}" in resumed.stdout, resumed.stderr[-2000:]
-  chex.assert_trees_all_close(
-      final[0], ckpt_lib.Checkpointer(termed, read_only=True).restore(60, target), rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_close(final, ckpt_lib.Checkpointer(work, read_only=True).restore(60, target),
+                              rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
+  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
   result = eval_lib.evaluate_checkpoint(config, work)
   logged = [r for r in logged_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SMOKE_ARGS,
                         f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
-                        "--visualize=2", "--confusion"], cwd=ROOT, env=env, capture_output=True, text=True)
+                        "--visualize=2", "--confusion"], cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
   written = json.loads((work / f"eval_{result['step']}_test.json").read_text())
   assert written["accuracy"] == result["accuracy"] and written["count"] == 40
@@ -158,6 +158,28 @@ def test_sigkill_or_sigterm_then_resume_matches_uninterrupted(tmp_path):
   assert confusion.trace() == round(written["accuracy"] * 40)
   assert "true\\pred" in cli.stdout
   assert all(pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written["figures"])
+
+
+@pytest.mark.slow
+def test_sigterm_checkpoints_exits_cleanly_and_resumes_exactly(tmp_path, uninterrupted_run):
+  """SIGTERM (preemption) once the first metrics are written: the run checkpoints the step it reached,
+  exits with status 0, and the re-run resumes there and ends equal to the uninterrupted run."""
+  final, target = uninterrupted_run
+  termed = tmp_path / "sigterm"
+  proc = subprocess.Popen(train_cmd(termed), cwd=ROOT, env=RESUME_ENV, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  deadline = time.time() + 120
+  while time.time() < deadline and not (termed / "metrics.jsonl").exists():
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGTERM)
+  out, _ = proc.communicate(timeout=120)
+  assert proc.returncode == 0 and "SIGTERM at step" in out, out[-2000:]
+  term_step = int(out.split("SIGTERM at step ")[1].split(":")[0])
+  assert 0 < term_step < 60 and (termed / "checkpoints" / str(term_step)).is_dir()
+  resumed = subprocess.run(train_cmd(termed), cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
+  assert resumed.returncode == 0 and f"starting at step {term_step}" in resumed.stdout, resumed.stderr[-2000:]
+  chex.assert_trees_all_close(final, ckpt_lib.Checkpointer(termed, read_only=True).restore(60, target),
+                              rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.slow
