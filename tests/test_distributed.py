@@ -120,28 +120,33 @@ def test_one_host_preempted_both_stop_at_one_step_and_resume_exactly(tmp_path):
   point makes both processes stop at the same step with one complete checkpoint; the same command on both
   resumes from it and ends equal to an uninterrupted two-process run."""
   steps = 40
+  # The uninterrupted run trains alongside (its own coordinator port): the test waits for it only at the end.
   reference = two_processes(tmp_path / "reference", "shard_map", steps=steps, async_save=True)
-  finish(reference)
-  work = tmp_path / "preempted"
-  procs = two_processes(work, "shard_map", steps=steps, async_save=True)
-  deadline = time.time() + 300
-  while time.time() < deadline and not (work / "metrics.jsonl").exists():   # training has started
-    assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
-    time.sleep(0.05)
-  procs[1].send_signal(signal.SIGTERM)
-  outs = finish(procs)
-  stopped = [re.search(r"preemption at step (\d+) \(process (\d) of 2\)", out) for out in outs]
-  assert all(stopped), outs
-  step = int(stopped[0].group(1))
-  assert int(stopped[1].group(1)) == step and 0 < step < steps, outs
-  assert "FINAL" not in outs[0] + outs[1]
-  assert ckpt_lib.finished_steps(work)[-1] == step and not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
-  resumed = finish(two_processes(work, "shard_map", steps=steps, async_save=True))
-  assert f"starting at step {step}" in resumed[0] and "FINAL" in resumed[0]   # process 0 reports
-  assert train_losses(work) == train_losses(tmp_path / "reference")   # every step's loss, to the bit
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
-  final = [ckpt_lib.Checkpointer(d, read_only=True).restore(steps, target) for d in (work, tmp_path / "reference")]
-  chex.assert_trees_all_equal(*final)
+  try:
+    work = tmp_path / "preempted"
+    procs = two_processes(work, "shard_map", steps=steps, async_save=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (work / "metrics.jsonl").exists():   # training has started
+      assert all(p.poll() is None for p in procs), [p.communicate()[1][-2000:] for p in procs]
+      time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    outs = finish(procs)
+    stopped = [re.search(r"preemption at step (\d+) \(process (\d) of 2\)", out) for out in outs]
+    assert all(stopped), outs
+    step = int(stopped[0].group(1))
+    assert int(stopped[1].group(1)) == step and 0 < step < steps, outs
+    assert "FINAL" not in outs[0] + outs[1]
+    assert ckpt_lib.finished_steps(work)[-1] == step and not [p for p in (work / "checkpoints").iterdir() if "tmp" in p.name]
+    resumed = finish(two_processes(work, "shard_map", steps=steps, async_save=True))
+    assert f"starting at step {step}" in resumed[0] and "FINAL" in resumed[0]   # process 0 reports
+    finish(reference)
+    assert train_losses(work) == train_losses(tmp_path / "reference")   # every step's loss, to the bit
+    target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
+    final = [ckpt_lib.Checkpointer(d, read_only=True).restore(steps, target) for d in (work, tmp_path / "reference")]
+    chex.assert_trees_all_equal(*final)
+  finally:
+    for p in reference:   # a failure above leaves no process behind
+      p.kill()
 
 
 def _config(mode):

@@ -17,6 +17,7 @@ import pytest
 from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, loop, replicas, run as run_lib
+from session_run import shared_folder
 from test_training import (ROOT, SMOKE_ARGS, kill_after_checkpoint, load_config, logged_metrics, tiny_config,
                            train_cmd)
 
@@ -73,42 +74,60 @@ def by_step(records, split):
   return {r["step"]: r for r in records if r["split"] == split}
 
 
-@pytest.mark.slow
-def test_k_replicas_equal_k_one_seed_runs_under_pmap_and_shard_map(tmp_path):
-  assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-  singles = []
+def train_one_seed_runs(root):
   for k in range(3):
-    config = tiny_config(seed=SEED + k, **RECIPE)
-    summary = loop.train_and_evaluate(config, tmp_path / f"seed{SEED + k}")
-    singles.append((config, summary, logged_metrics(tmp_path / f"seed{SEED + k}")))
-  for mode in ("pmap", "shard_map"):
-    config = tiny_config(num_seeds=3, seed=SEED, parallel=mode, **RECIPE)
-    work = tmp_path / f"k3_{mode}"
-    summary = loop.train_and_evaluate(config, work)
+    loop.train_and_evaluate(tiny_config(seed=SEED + k, **RECIPE), root / f"seed{SEED + k}")
+
+
+@pytest.fixture(scope="module")
+def one_seed_runs(tmp_path_factory):
+  """The one-seed runs of seeds SEED, SEED+1, SEED+2 (trained once per session: session_run.py)
+  -> [(config, summary, logged records, workdir)]."""
+  root = shared_folder(tmp_path_factory, "replicas_one_seed_runs", train_one_seed_runs)
+  runs = []
+  for k in range(3):
+    work = root / f"seed{SEED + k}"
     records = logged_metrics(work)
-    stacked = final_params(work, config)
-    for k, (one_config, one_summary, one_records) in enumerate(singles):
-      s = SEED + k
-      # Same arithmetic per replica, batched: float32 rounding only.
-      chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], stacked),
-                                  final_params(tmp_path / f"seed{s}", one_config), rtol=1e-5, atol=1e-6)
-      for split, names in (("train", ("loss", "accuracy", "grad_norm")), ("test", ("loss", "accuracy"))):
-        mine, theirs = by_step(records, split), by_step(one_records, split)
-        assert sorted(mine) == sorted(theirs) and len(mine) >= 2
-        for step in theirs:
-          for name in names:
-            np.testing.assert_allclose(mine[step][f"{name}/seed{s}"], theirs[step][name], rtol=1e-5,
-                                       err_msg=f"{mode} {split} step {step} {name} seed {s}")
-      assert summary[f"best_accuracy/seed{s}"] == one_summary["best_accuracy"]
-      assert summary[f"final_accuracy/seed{s}"] == one_summary["final_accuracy"]
-    accs = [one_summary["best_accuracy"] for _, one_summary, _ in singles]
-    np.testing.assert_allclose(summary["best_accuracy_mean"], np.mean(accs), rtol=1e-12)
-    np.testing.assert_allclose(summary["best_accuracy_sd"], np.std(accs, ddof=1), rtol=1e-12, atol=1e-15)
+    summary = [r for r in records if r["split"] == "summary"][-1]
+    runs.append((tiny_config(seed=SEED + k, **RECIPE), summary, records, work))
+  return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_k_replicas_equal_k_one_seed_runs(tmp_path, mode, one_seed_runs):
+  """K=3 seeds in one program under `mode`: replica k's parameters, train and test metrics and summary
+  equal the one-seed run's; under shard_map also eval.py's path, every replica and one alone."""
+  assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
+  config = tiny_config(num_seeds=3, seed=SEED, parallel=mode, **RECIPE)
+  work = tmp_path / f"k3_{mode}"
+  summary = loop.train_and_evaluate(config, work)
+  records = logged_metrics(work)
+  stacked = final_params(work, config)
+  for k, (one_config, one_summary, one_records, one_work) in enumerate(one_seed_runs):
+    s = SEED + k
+    # Same arithmetic per replica, batched: float32 rounding only.
+    chex.assert_trees_all_close(jax.tree.map(lambda x: x[k], stacked),
+                                final_params(one_work, one_config), rtol=1e-5, atol=1e-6)
+    for split, names in (("train", ("loss", "accuracy", "grad_norm")), ("test", ("loss", "accuracy"))):
+      mine, theirs = by_step(records, split), by_step(one_records, split)
+      assert sorted(mine) == sorted(theirs) and len(mine) >= 2
+      for step in theirs:
+        for name in names:
+          np.testing.assert_allclose(mine[step][f"{name}/seed{s}"], theirs[step][name], rtol=1e-5,
+                                     err_msg=f"{mode} {split} step {step} {name} seed {s}")
+    assert summary[f"best_accuracy/seed{s}"] == one_summary["best_accuracy"]
+    assert summary[f"final_accuracy/seed{s}"] == one_summary["final_accuracy"]
+  accs = [one_summary["best_accuracy"] for _, one_summary, _, _ in one_seed_runs]
+  np.testing.assert_allclose(summary["best_accuracy_mean"], np.mean(accs), rtol=1e-12)
+  np.testing.assert_allclose(summary["best_accuracy_sd"], np.std(accs, ddof=1), rtol=1e-12, atol=1e-15)
+  if mode != "shard_map":
+    return
   # eval.py's path: every replica, and one replica alone, as their one-seed runs evaluate.
   result = eval_lib.evaluate_checkpoint(config, work, step=8)
   chosen = eval_lib.evaluate_checkpoint(config, work, step=8, seed_index=1)
-  for k, (one_config, _, _) in enumerate(singles):
-    one = eval_lib.evaluate_checkpoint(one_config, tmp_path / f"seed{SEED + k}", step=8)
+  for k, (one_config, _, _, one_work) in enumerate(one_seed_runs):
+    one = eval_lib.evaluate_checkpoint(one_config, one_work, step=8)
     assert result[f"accuracy/seed{SEED + k}"] == one["accuracy"]
     np.testing.assert_allclose(result[f"loss/seed{SEED + k}"], one["loss"], rtol=1e-5)
     if k == 1:

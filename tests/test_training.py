@@ -468,6 +468,10 @@ def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
   soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
   biggest = max(p.stat().st_size for p in (tmp_path / "checkpoints" / "4").rglob("*") if p.is_file())
   resource.setrlimit(resource.RLIMIT_FSIZE, (biggest // 4, hard))   # the metrics lines still fit
+  # Nor would the session's compilation cache entries: no cache writes under the limit (a cut-off entry
+  # is a warning here and a truncated file that the next process to read it warns about and recompiles).
+  min_compile_time = jax.config.jax_persistent_cache_min_compile_time_secs
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", float("inf"))
   try:
     with pytest.raises(ckpt_lib.CheckpointWriteError,
                        match=re.escape(f"step 6 in {tmp_path / 'checkpoints'} failed: File too large") +
@@ -475,6 +479,7 @@ def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
       loop.train_and_evaluate(config(8), tmp_path)
   finally:
     resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_time)
   assert ckpt_lib.finished_steps(tmp_path) == kept
   ckpt = ckpt_lib.Checkpointer(tmp_path, read_only=True)
   assert ckpt.manager.all_steps() == kept and all(int(ckpt.restore_saved(s)["step"]) == s for s in kept)
