@@ -325,6 +325,29 @@ def test_bad_command_line_fails_before_any_work(tmp_path, flag, message):
   assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize("async_save", [False, True])
+def test_retired_checkpoints_move_out_whole_then_go(tmp_path, async_save):
+  """A step the retention policy retires is renamed into checkpoints/retired/ in one move (what a process
+  killed then leaves is either a whole checkpoint or nothing under a step's name), and removed from there
+  by the next save, by close, or by the next Checkpointer (a removal cut short)."""
+  state = {"w": np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32), "step": np.int32(0)}
+  ckpt = ckpt_lib.Checkpointer(tmp_path, async_save=async_save, keep_latest=1)
+  retired = tmp_path / "checkpoints" / ckpt_lib.RETIRED
+  for step, accuracy in ((2, 0.5), (4, 0.1), (6, 0.2)):
+    ckpt.save(step, {**state, "step": np.int32(step)}, {"accuracy": accuracy})
+  ckpt.wait()
+  assert ckpt_lib.finished_steps(tmp_path) == [2, 6]   # the best and the latest
+  assert sorted(p.name for p in retired.iterdir()) == ["4"]   # moved whole ...
+  assert (retired / "4" / "state").is_dir()
+  ckpt.close()
+  assert list(retired.iterdir()) == []                        # ... then removed
+  (retired / "8" / "state").mkdir(parents=True)               # a removal a killed process left
+  ckpt_lib.Checkpointer(tmp_path, keep_latest=1).close()
+  assert list(retired.iterdir()) == []
+  for step in (2, 6):
+    assert int(ckpt_lib.Checkpointer(tmp_path, read_only=True).restore_saved(step)["step"]) == step
+
+
 @pytest.mark.slow
 def test_corrupted_checkpoint_is_named_and_left_untouched(tmp_path):
   loop.train_and_evaluate(tiny_config(total_steps=4), tmp_path)
