@@ -111,6 +111,11 @@ def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
 RESUME_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
+def resume_config():
+  """The config train_cmd trains, in this process."""
+  return tiny_config(**{"data.num_train": 32, "total_steps": 60})
+
+
 def run_uninterrupted(work):
   ref = subprocess.run(train_cmd(work), cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
   assert ref.returncode == 0, ref.stderr[-2000:]
@@ -121,8 +126,7 @@ def uninterrupted_run(tmp_path_factory):
   """The 60-step run of train_cmd, uninterrupted, on 8 devices (once per session: session_run.py) ->
   (its final state restored, the target tree), for the SIGKILL and the SIGTERM tests."""
   ref_dir = shared_folder(tmp_path_factory, "resume_uninterrupted", run_uninterrupted)
-  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
+  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(resume_config()).state))
   return ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(60, target), target
 
 
@@ -141,8 +145,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted_run):
   chex.assert_trees_all_close(final, ckpt_lib.Checkpointer(work, read_only=True).restore(60, target),
                               rtol=1e-6, atol=1e-7)
   # eval.py's path restores the best checkpoint and reproduces the logged accuracy.
-  config = tiny_config(**{"data.num_train": 32, "total_steps": 60})
-  result = eval_lib.evaluate_checkpoint(config, work)
+  result = eval_lib.evaluate_checkpoint(resume_config(), work)
   logged = [r for r in logged_metrics(work) if r["split"] == "test" and r["step"] == result["step"]]
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
