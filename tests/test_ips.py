@@ -304,8 +304,10 @@ def test_ips_figures_show_the_selected_patches(tmp_path):
 
 @pytest.mark.slow
 def test_ips_figures_show_the_selection_evaluation_makes(tmp_path, monkeypatch):
-  """eval.py --visualize draws the patches evaluation selects: the same selection key. Blank patches tie
-  in score (no position code here), so a different key would pick different ones among them."""
+  """eval.py --visualize draws the patches evaluation selects: the same patch order (selection key) and
+  the same scores. The keys are compared directly: comparing selections among tied (blank) patches
+  instead broke ties by float rounding, which differs between the eager scan and the lazy per-chunk
+  programs, and even between the rows of one batch (failed in CI once)."""
   from apvit_jax import visualize_ips
   from apvit_jax.training import step as step_lib
   from apvit_jax.training.state import TrainState
@@ -314,21 +316,28 @@ def test_ips_figures_show_the_selection_evaluation_makes(tmp_path, monkeypatch):
   c.model.ips.use_pos = False
   family = IPSFamily(c.model, c.augment)
   model = family.build(10, c.tasks)
-  images = np.zeros((3, 32, 24, 1), np.uint8)                       # 4 x 3 patches of 8, mostly blank
-  images[:, :8, :8] = RNG.integers(0, 256, (3, 8, 8, 1))
-  v = _init(model, (jnp.zeros((1, 4, 8, 8, 1)), jnp.zeros((1, 4), jnp.int32)), scale=0.1)
+  images = RNG.integers(0, 256, (3, 32, 24, 1)).astype(np.uint8)   # 4 x 3 patches of 8, M = 4
+  # Weights at scale 0.3 spread the 12 scores apart: adjacent ones differ by >= 1e-5 relative in
+  # practice (measured over 10 draws: smallest 2.7e-5), far above float32 rounding (~1e-7).
+  v = _init(model, (jnp.zeros((1, 4, 8, 8, 1)), jnp.zeros((1, 4), jnp.int32)), scale=0.3)
   state = TrainState.create(apply_fn=model.apply, params=v["params"], tx=optax.sgd(0.1),
                             batch_stats=v["batch_stats"])
+  keys = []
+  shuffle_order = ips.shuffle_order
+  monkeypatch.setattr(ips, "shuffle_order", lambda key, n: keys.append(jax.random.key_data(key))
+                      or shuffle_order(key, n))
   batch = {"images": jnp.asarray(images), "labels": {"a": jnp.zeros(3, jnp.int32)}}
   (_, evaluated), _ = family.model_inputs(state, {}, batch, step_lib.eval_inputs_key(), train=False)
   drawn = []
   monkeypatch.setattr(visualize_ips, "ips_figure", lambda image, boxes, *a, **k: drawn.append(boxes))
   family.figures(model, v, images, {"a": np.zeros(3), "b": np.zeros((3, 10))}, c.tasks, tmp_path, "t",
                  step_lib.eval_inputs_key())
+  assert len(keys) == 2
+  np.testing.assert_array_equal(keys[0], keys[1])
+  assert len(drawn) == 3
   for boxes, positions in zip(drawn, np.asarray(evaluated)):
     expected = visualize_ips.selected_boxes(positions, (32, 24), 8, 8)
     assert sorted(map(tuple, boxes)) == sorted(map(tuple, expected))
-  assert len(drawn) == 3
 
 
 @pytest.mark.slow

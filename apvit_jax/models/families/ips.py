@@ -94,8 +94,10 @@ class IPSFamily(Family):
             f"{i.loading} loading")
 
   def figures(self, model, variables, images, labels, tasks, out_dir, prefix: str, inputs_key) -> list:
-    """The image with its selected patches coloured by attention score (visualize_ips.py), selected
-    exactly as evaluation selects them."""
+    """The image with its selected patches coloured by attention score (visualize_ips.py), selected as
+    evaluation selects them: the same patch order (key) and scores. The figure's host-side (lazy) programs
+    round differently from the compiled eager scan, so patches whose scores tie to within float rounding
+    (e.g. blank ones) may be swapped."""
     from apvit_jax import visualize_ips   # matplotlib only when drawing
     labels = labels if isinstance(labels, dict) else {tasks[0][0]: labels}
     return visualize_ips.render_ips_figures(model, variables, images, labels, self.model_cfg.ips,
