@@ -162,9 +162,10 @@ class Checkpointer:
 
   def _remove_retired(self) -> None:
     """Removes the checkpoints orbax retired into checkpoints/retired/ (not a step folder: a removal cut
-    short leaves nothing that looks like a checkpoint, and the next Checkpointer finishes it)."""
+    short leaves nothing that looks like a checkpoint, and the next Checkpointer finishes it). On the
+    primary process only, as orbax retires (moves) checkpoints from there alone."""
     folder = self.directory / RETIRED
-    if self._read_only or not folder.is_dir():
+    if self._read_only or jax.process_index() != 0 or not folder.is_dir():
       return
     for retired in folder.iterdir():
       shutil.rmtree(retired, ignore_errors=True)
