@@ -15,11 +15,12 @@ import sys
 import jax
 import pytest
 
+from apvit_jax.data import augment
 from subprocess_env import xla_flags
 from test_training import TINY_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OLD_JAX = tuple(map(int, jax.__version__.split(".")[:2])) < (0, 12)
+OLD_JAX = augment._version(jax.__version__) < augment.FIRST_RIGHT_JAX
 
 
 def errors(*calls: str) -> list[float]:
@@ -43,8 +44,8 @@ def test_augmentation_in_the_compiled_step():
 
 @pytest.mark.slow
 @pytest.mark.xfail(OLD_JAX, strict=True,
-                   reason="jax 0.10.2 (the floor stack): its XLA:CPU removes the optimisation barrier before "
-                          "fusion, so the coordinates are recomputed inside each corner's gather again and "
+                   reason="jax 0.10.2 (the floor stack; 0.11.2 and 0.12 are right): its XLA:CPU removes the "
+                          "optimisation barrier before fusion, so the coordinates are recomputed inside each corner's gather again and "
                           "whole-pixel reads land a pixel off (max error 2.0). The recipes' whole-pixel crops "
                           "copy pixels instead and are right there")
 def test_sampler_on_whole_pixels_in_the_compiled_step():
@@ -57,7 +58,8 @@ def test_sampler_on_whole_pixels_in_the_compiled_step():
   assert max(got) < 1e-4, got
 
 
-@pytest.mark.parametrize("version,warns", [("0.10.2", True), ("0.11.2", True), ("0.12.0.1", False)])
+@pytest.mark.parametrize("version,warns", [("0.10.2", True), ("0.11.1", True), ("0.11.2", False),
+                                           ("0.12.0.1", False), ("0.13.0rc1", False)])
 def test_the_floor_stack_warns_about_resized_crops(version, warns):
   from apvit_jax.base_config import base_config
   from apvit_jax.data import augment

@@ -7,6 +7,8 @@ coordinate two ways reads a whole pixel off: jax 0.10's XLA did so in the compil
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 
@@ -93,17 +95,28 @@ def padded_crop_and_flip(images: jax.Array, keys: jax.Array, crop_padding: int, 
   return jax.vmap(one)(padded, keys)
 
 
+# The first jax measured to compile the train step's sampler right on whole pixels (tests/test_compiled_sampling.py
+# passed on 0.11.2 and 0.12.0.1 and failed on 0.10.2; versions in between were not measured).
+FIRST_RIGHT_JAX = (0, 11, 2)
+
+
 def floor_stack_warning(aug_cfg, jax_version: str = jax.__version__) -> str | None:
-  """A warning for config.augment where the installed jax is known to compile it wrong, else None. On
-  jax < 0.12 the train step's bilinear sampler reads whole pixels off where sample points land exactly
-  on pixels: random resized crops near the full image (measured: max error 1.7 in normalised units;
-  tests/test_compiled_sampling.py; the cause: that XLA:CPU drops `sampler.pixel_coordinates`' optimisation
-  barrier before fusion). Rotated crops (10 degrees: right to 7e-6) and the pixel-copy crops and flips are
-  right there."""
-  if tuple(int(v) for v in jax_version.split(".")[:2]) >= (0, 12) or not aug_cfg.crop_scale[1] > 0:
+  """A warning for config.augment where the installed jax is known (or not known not) to compile it wrong,
+  else None. On jax 0.10.2 the train step's bilinear sampler reads whole pixels off where sample points
+  land exactly on pixels: random resized crops near the full image (measured: max error 1.7 in normalised
+  units; tests/test_compiled_sampling.py; the cause: that XLA:CPU drops `sampler.pixel_coordinates`'
+  optimisation barrier before fusion). Rotated crops (10 degrees: right to 7e-6) and the pixel-copy crops
+  and flips are right there. Warns below FIRST_RIGHT_JAX."""
+  if _version(jax_version) >= FIRST_RIGHT_JAX or not aug_cfg.crop_scale[1] > 0:
     return None
+  right = ".".join(map(str, FIRST_RIGHT_JAX))
   return (f"warning: jax {jax_version} compiles random resized crops (augment.crop_scale) with reads a "
-          f"whole pixel off where the box is the whole image; jax >= 0.12 (Python >= 3.12) is right")
+          f"whole pixel off where the box is the whole image; jax >= {right} (Python >= 3.12) is right")
+
+
+def _version(text: str) -> tuple[int, ...]:
+  """"0.12.0.1" -> (0, 12, 0); "0.11.2" -> (0, 11, 2)."""
+  return tuple(int(re.match(r"\d+", part).group()) for part in text.split(".")[:3])
 
 
 def normalise(images: jax.Array, mean, std) -> jax.Array:
