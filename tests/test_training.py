@@ -478,9 +478,6 @@ def test_disk_full_stops_clearly_and_keeps_earlier_checkpoints(tmp_path, monkeyp
 
 
 @pytest.mark.slow
-# tensorstore's own threads complete the other writes of the failed save after orbax has closed that
-# save's event loop ("Event loop is closed", reported by pytest as unraisable): orbax's, not ours.
-@pytest.mark.filterwarnings("ignore:Exception ignored in. None:pytest.PytestUnraisableExceptionWarning")
 def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
   """A real write failure inside orbax's background writer: the file size limit (RLIMIT_FSIZE, lowered for
   this process only) makes tensorstore's writes of step 6 fail with EFBIG, which it reports as a ValueError
