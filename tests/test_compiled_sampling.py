@@ -20,7 +20,7 @@ from subprocess_env import xla_flags
 from test_training import TINY_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-OLD_JAX = augment._version(jax.__version__) < augment.FIRST_RIGHT_JAX
+OLD_JAX = augment.version_tuple(jax.__version__) < augment.FIRST_RIGHT_JAX
 
 
 def errors(*calls: str) -> list[float]:
@@ -45,9 +45,9 @@ def test_augmentation_in_the_compiled_step():
 @pytest.mark.slow
 @pytest.mark.xfail(OLD_JAX, strict=True,
                    reason="jax 0.10.2 (the floor stack; 0.11.2 and 0.12 are right): its XLA:CPU removes the "
-                          "optimisation barrier before fusion, so the coordinates are recomputed inside each corner's gather again and "
-                          "whole-pixel reads land a pixel off (max error 2.0). The recipes' whole-pixel crops "
-                          "copy pixels instead and are right there")
+                          "optimisation barrier before fusion, so the coordinates are recomputed inside each "
+                          "corner's gather again and whole-pixel reads land a pixel off (max error 2.0). The "
+                          "recipes' whole-pixel crops copy pixels instead and are right there")
 def test_sampler_on_whole_pixels_in_the_compiled_step():
   """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds: whole-pixel
   crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees),
@@ -62,7 +62,6 @@ def test_sampler_on_whole_pixels_in_the_compiled_step():
                                            ("0.12.0.1", False), ("0.13.0rc1", False)])
 def test_the_floor_stack_warns_about_resized_crops(version, warns):
   from apvit_jax.base_config import base_config
-  from apvit_jax.data import augment
   aug = base_config().augment
   assert augment.floor_stack_warning(aug, version) is None   # no resized crop: nothing to warn about
   aug.crop_scale = (0.2, 1.0)

@@ -18,8 +18,8 @@ from apvit_jax.base_config import set_fields
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, loop, replicas, run as run_lib
 from session_run import shared_folder
-from test_training import (ROOT, SMOKE_ARGS, kill_after_checkpoint, load_config, logged_metrics, tiny_config,
-                           train_cmd)
+from test_training import (RESUME_RUN, ROOT, SMOKE_ARGS, config_flags, kill_after_checkpoint, load_config,
+                           logged_metrics, tiny_config, train_cmd)
 
 SEED = 3
 # Dropout and every augmentation on, so each replica's dropout and augmentation keys are exercised.
@@ -147,7 +147,7 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   resumed = subprocess.run(cmd(work), cwd=ROOT, env=env, capture_output=True, text=True)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 6 <= int(resumed.stdout.split("starting at step ")[1].split()[0]) < 60
-  config = tiny_config(**{"data.num_train": 32, "total_steps": 60, "num_seeds": 2, "model.dropout": 0.1})
+  config = tiny_config(**RESUME_RUN, **{"num_seeds": 2, "model.dropout": 0.1})
   target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
   a, b = (ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work))
   assert jax.tree.leaves(a["params"])[0].shape[0] == 2   # the replica axis is in the checkpoint
@@ -156,8 +156,7 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   final = [[r for r in logged_metrics(d) if r["split"] == "summary"][-1] for d in (tmp_path / "ref", work)]
   assert final[0]["final_accuracy/seed1"] == final[1]["final_accuracy/seed1"]
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SMOKE_ARGS,
-                        f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
-                        "--config.num_seeds=2", "--seed_index=1", "--visualize=1"],
+                        f"--workdir={work}", *config_flags(RESUME_RUN), "--config.num_seeds=2", "--seed_index=1", "--visualize=1"],
                        cwd=ROOT, env=env, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
   out = pathlib.Path(cli.stdout.strip().splitlines()[-1].removeprefix("wrote "))

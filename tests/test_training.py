@@ -34,7 +34,16 @@ def load_config(name, arg="smoke"):
 # block halves the compile time of a run's programs (9 s instead of 18 s for a tiny run on 2 cores).
 # Every config's own smoke model is still trained (test_every_config_smoke), deep encoders in test_vit.py.
 TINY_MODEL = {"model.depth": 1}
-SMOKE_ARGS = ["--config=configs/quickstart.py:smoke", *(f"--config.{k}={v}" for k, v in TINY_MODEL.items())]
+
+
+def config_flags(fields: dict) -> list[str]:
+  """{"data.num_train": 32} -> ["--config.data.num_train=32"]: the same fields on a command line."""
+  return [f"--config.{k}={v}" for k, v in fields.items()]
+
+
+SMOKE_ARGS = ["--config=configs/quickstart.py:smoke", *config_flags(TINY_MODEL)]
+# What train_cmd's runs (resumed, killed, evaluated) change beyond SMOKE_ARGS.
+RESUME_RUN = {"data.num_train": 32, "total_steps": 60}
 
 
 def tiny_config(**overrides):
@@ -88,8 +97,8 @@ def train_cmd(workdir, *extra):
   """60 steps of 2 an epoch, evaluated and saved every 5 epochs (10 steps): evaluations and saves
   were 40 % of such a run's time when they came every epoch."""
   return [sys.executable, str(ROOT / "train.py"), *SMOKE_ARGS,
-          f"--workdir={workdir}", "--config.progress_bar=False", "--config.data.num_train=32",
-          "--config.total_steps=60", "--config.eval_every_epochs=5", *extra]
+          f"--workdir={workdir}", "--config.progress_bar=False", *config_flags(RESUME_RUN),
+          "--config.eval_every_epochs=5", *extra]
 
 
 def kill_after_checkpoint(cmd, work, min_step: int, env, last_step: int) -> int:
@@ -113,7 +122,7 @@ RESUME_ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 def resume_config():
   """The config train_cmd trains, in this process."""
-  return tiny_config(**{"data.num_train": 32, "total_steps": 60})
+  return tiny_config(**RESUME_RUN)
 
 
 def run_uninterrupted(work):
@@ -150,8 +159,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted_run):
   assert logged and abs(logged[-1]["accuracy"] - result["accuracy"]) < 1e-9
   # The eval.py command line gives the same and writes its JSON.
   cli = subprocess.run([sys.executable, str(ROOT / "eval.py"), *SMOKE_ARGS,
-                        f"--workdir={work}", "--config.data.num_train=32", "--config.total_steps=60",
-                        "--visualize=2", "--confusion"], cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
+                        f"--workdir={work}", *config_flags(RESUME_RUN), "--visualize=2", "--confusion"], cwd=ROOT, env=RESUME_ENV, capture_output=True, text=True)
   assert cli.returncode == 0, cli.stderr[-2000:]
   written = json.loads((work / f"eval_{result['step']}_test.json").read_text())
   assert written["accuracy"] == result["accuracy"] and written["count"] == 40

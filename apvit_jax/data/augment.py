@@ -107,14 +107,14 @@ def floor_stack_warning(aug_cfg, jax_version: str = jax.__version__) -> str | No
   units; tests/test_compiled_sampling.py; the cause: that XLA:CPU drops `sampler.pixel_coordinates`'
   optimisation barrier before fusion). Rotated crops (10 degrees: right to 7e-6) and the pixel-copy crops
   and flips are right there. Warns below FIRST_RIGHT_JAX."""
-  if _version(jax_version) >= FIRST_RIGHT_JAX or not aug_cfg.crop_scale[1] > 0:
+  if version_tuple(jax_version) >= FIRST_RIGHT_JAX or not aug_cfg.crop_scale[1] > 0:
     return None
   right = ".".join(map(str, FIRST_RIGHT_JAX))
   return (f"warning: jax {jax_version} compiles random resized crops (augment.crop_scale) with reads a "
           f"whole pixel off where the box is the whole image; jax >= {right} (Python >= 3.12) is right")
 
 
-def _version(text: str) -> tuple[int, ...]:
+def version_tuple(text: str) -> tuple[int, ...]:
   """"0.12.0.1" -> (0, 12, 0); "0.11.2" -> (0, 11, 2)."""
   return tuple(int(re.match(r"\d+", part).group()) for part in text.split(".")[:3])
 
