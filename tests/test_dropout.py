@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import compiled
 from apvit_jax.models import dropout as dropout_lib
 from apvit_jax.models.vit import ViT
 
@@ -108,11 +109,12 @@ def test_layer_semantics_as_flax_dropout():
 def test_the_vit_drops_in_training_only():
   model = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=4, dropout=0.2)
   images = jnp.asarray(np.random.default_rng().normal(size=(2, 8, 8, 3)), jnp.float32)
-  params = model.init(jax.random.key(0), images, train=False)["params"]
-  run = lambda k: model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(k)})[1]["tokens"]
+  params = compiled.init(model)(jax.random.key(0), images, train=False)["params"]
+  apply = compiled.apply(model)
+  run = lambda k: apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(k)})[1]["tokens"]
   assert not np.allclose(run(1), run(2))
   np.testing.assert_array_equal(run(1), run(1))
-  evaluated = model.apply({"params": params}, images, train=False)[1]["tokens"]
-  no_dropout = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=4).apply(
+  evaluated = apply({"params": params}, images, train=False)[1]["tokens"]
+  no_dropout = compiled.apply(ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=4))(
       {"params": params}, images, train=False)[1]["tokens"]
   np.testing.assert_array_equal(evaluated, no_dropout)

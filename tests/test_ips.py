@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import compiled
 from apvit_jax.data import megapixel
 from apvit_jax.models import ips
 from apvit_jax.models.resnet import ResNetTrunk
@@ -48,9 +49,9 @@ def _randomise(params, scale=0.3):
 def test_aggregator_matches_numpy():
   agg = ips.CrossAttentionAggregator(dim=24, num_heads=3, head_dim=8, mlp_dim=40, num_tokens=2)
   x = jnp.asarray(RNG.normal(size=(3, 17, 24)), jnp.float32)
-  params = _randomise(agg.init(jax.random.key(0), x, train=False)["params"])
-  tokens = agg.apply({"params": params}, x, train=False)
-  scores = agg.apply({"params": params}, x, method="scores")
+  params = _randomise(compiled.param_shapes(agg, x, train=False))
+  tokens = compiled.apply(agg)({"params": params}, x, train=False)
+  scores = compiled.apply(agg)({"params": params}, x, method="scores")
   ref_tokens, ref_w = numpy_aggregator(params, x)
   np.testing.assert_allclose(tokens, ref_tokens, rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(scores, ref_w.mean(axis=(1, 2)), rtol=1e-5, atol=1e-7)
@@ -72,7 +73,7 @@ def _features_model(heads=1, tasks=(("a", 5),), dim=16):
 
 
 def _init(model, inputs, scale=0.3):
-  variables = model.init(jax.random.key(1), *inputs, train=False)
+  variables = compiled.init(model)(jax.random.key(1), *inputs, train=False)
   return {"params": _randomise(variables["params"], scale), "batch_stats": variables["batch_stats"]}
 
 
@@ -86,8 +87,9 @@ def test_one_head_one_task_iterative_selection_is_global_top_m(memory, chunk):
   v = _init(model, (feats[:, :memory], jnp.zeros((4, memory), jnp.int32)))
   picked = ips.select_eager(model.apply, v, feats, jax.random.key(RNG.integers(1 << 30)), memory=memory,
                             chunk=chunk)
-  emb = model.apply(v, feats, train=False, method="embed")
-  scores = np.asarray(model.apply(v, emb, jnp.broadcast_to(jnp.arange(200), (4, 200)), method="scores"))
+  apply = compiled.apply(model)
+  emb = apply(v, feats, train=False, method="embed")
+  scores = np.asarray(apply(v, emb, jnp.broadcast_to(jnp.arange(200), (4, 200)), method="scores"))
   best = np.argsort(-scores, axis=1)[:, :memory]
   assert picked.shape == (4, memory)
   np.testing.assert_array_equal(np.sort(picked, 1), np.sort(best, 1))
@@ -182,8 +184,8 @@ def test_no_gradient_flows_through_the_selection():
     return step_lib.task_losses(logits, y, c.tasks).mean()
 
   (_, positions), _ = IPSFamily(c.model, c.augment).model_inputs(state, {}, batch, key, train=True)
-  g_select = jax.grad(loss)(state.params)
-  g_fixed = jax.grad(loss)(state.params, positions)
+  g_select = jax.jit(jax.grad(loss))(state.params)
+  g_fixed = jax.jit(jax.grad(loss))(state.params, positions)
   chex.assert_trees_all_close(g_select, g_fixed, rtol=1e-6, atol=1e-8)
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(g_select))
   assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(g_select["trunk"]))
@@ -378,9 +380,9 @@ def test_initialisation_follows_the_authors_code():
   # LayerNorm eps: rows with a variance of 1e-5, where 1e-5 and 1e-6 give visibly different outputs.
   x = (RNG.normal(size=(3, 20)) * np.sqrt(1e-5)).astype(np.float32)
   proj = FeatureProjector(dim=8)
-  pv = proj.init(jax.random.key(0), jnp.asarray(x), train=False)
+  pv = compiled.init(proj)(jax.random.key(0), jnp.asarray(x), train=False)
   w, b = (np.asarray(pv["params"]["Dense_0"][n], np.float64) for n in ("kernel", "bias"))
   xn = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
   expected = np.maximum((xn @ w + b) / np.sqrt(1 + 1e-5), 0)   # BatchNorm at its initial statistics
-  np.testing.assert_allclose(np.asarray(proj.apply(pv, jnp.asarray(x), train=False)), expected, rtol=1e-4,
+  np.testing.assert_allclose(np.asarray(compiled.apply(proj)(pv, jnp.asarray(x), train=False)), expected, rtol=1e-4,
                              atol=1e-5)

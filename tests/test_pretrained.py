@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import compiled
 import numpy_vit
 from apvit_jax.base_config import base_config
 from apvit_jax.models import pretrained, registry
@@ -72,7 +73,7 @@ def model_config(scan=False, **adaptive):
 
 def load(cfg, flat, image_hw, classes=CLASSES):
   model = registry.build_model(cfg, classes)
-  params = model.init(jax.random.key(0), jnp.zeros((1, *image_hw, 3)), train=False)["params"]
+  params = compiled.init(model)(jax.random.key(0), jnp.zeros((1, *image_hw, 3)), train=False)["params"]
   grid = (image_hw[0] // PATCH, image_hw[1] // PATCH)
   return model, pretrained.vit_params_from_npz(flat, params, grid)
 
@@ -89,7 +90,7 @@ def test_npz_import_matches_numpy_forward(tmp_path, adaptive):
   np.savez(tmp_path / "vit.npz", **flat)
   model, params = load(model_config(**adaptive), pretrained.load_npz(tmp_path / "vit.npz"), (16, 16))
   images = rng.normal(size=(3, 16, 16, 3)).astype(np.float32)
-  logits, _ = model.apply({"params": params}, jnp.asarray(images), train=False)
+  logits, _ = compiled.apply(model)({"params": params}, jnp.asarray(images), train=False)
   want = npz_forward(flat, images)
   assert np.abs(want).max() > 0.5
   np.testing.assert_allclose(np.asarray(logits, np.float64), want, rtol=1e-5, atol=1e-5)

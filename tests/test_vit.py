@@ -7,6 +7,7 @@ import pytest
 
 from apvit_jax.models.posembed import sincos2d
 from apvit_jax.models.vit import DropPath, ViT, decode_variant
+import compiled
 import numpy_vit
 
 
@@ -38,7 +39,7 @@ def test_matches_numpy_forward(pool):
   rng = np.random.default_rng()
   model = ViT(num_classes=5, width=16, depth=2, num_heads=2, patch_size=4, pool=pool)
   images = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
-  params = randomise(model.init(jax.random.key(0), images, train=False)["params"], rng)
+  params = randomise(compiled.param_shapes(model, images, train=False), rng)
   # Flax's nn.gelu is the tanh approximation by default, as in the reference.
   logits, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, images)
   want = numpy_vit.vit_forward(flax.core.unfreeze(params), images, 4, 2, pool)
@@ -51,12 +52,12 @@ def test_pixel_transformer_and_bf16():
   rng = np.random.default_rng()
   model = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1, dtype=jnp.bfloat16)
   images = rng.normal(size=(2, 6, 6, 3)).astype(np.float32)
-  variables = model.init(jax.random.key(1), images, train=False)
-  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(variables))  # params stay float32
-  params = randomise(variables["params"], rng)
-  logits, aux = model.apply({"params": params}, images, train=False)
+  shapes = compiled.param_shapes(model, images, train=False)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(shapes))  # params stay float32
+  params = randomise(shapes, rng)
+  logits, aux = compiled.apply(model)({"params": params}, images, train=False)
   assert logits.dtype == jnp.float32 and aux["tokens"].shape == (2, 37, 16)
-  ref = ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1).apply(
+  ref = compiled.apply(ViT(num_classes=3, width=16, depth=1, num_heads=2, patch_size=1))(
       {"params": params}, images, train=False)[0]
   # bf16 activations: ~3 significant digits per op.
   np.testing.assert_allclose(np.asarray(logits), np.asarray(ref), rtol=5e-2, atol=5e-2 * np.abs(ref).max())
@@ -67,12 +68,13 @@ def test_batch_independence_and_dropout_rng():
   rng = np.random.default_rng()
   model = ViT(num_classes=4, width=16, depth=2, num_heads=2, patch_size=4, dropout=0.1, drop_path=0.1)
   images = rng.normal(size=(4, 8, 8, 3)).astype(np.float32)
-  params = randomise(model.init(jax.random.key(0), images, train=False)["params"], rng)
-  full = model.apply({"params": params}, images, train=False)[0]
-  single = model.apply({"params": params}, images[1:2], train=False)[0]
+  params = randomise(compiled.param_shapes(model, images, train=False), rng)
+  apply = compiled.apply(model)
+  full = apply({"params": params}, images, train=False)[0]
+  single = apply({"params": params}, images[1:2], train=False)[0]
   np.testing.assert_allclose(np.asarray(full[1:2]), np.asarray(single), rtol=1e-5, atol=1e-5)
-  a = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(1)})[0]
-  b = model.apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(2)})[0]
+  a = apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(1)})[0]
+  b = apply({"params": params}, images, train=True, rngs={"dropout": jax.random.key(2)})[0]
   assert not np.allclose(np.asarray(a), np.asarray(b))
 
 
@@ -126,7 +128,7 @@ def test_remat_and_scan_give_the_plain_loss_and_gradients(remat, scan):
   plain, other = ViT(**kw), ViT(**kw, remat=remat, scan=scan)
   images = jnp.asarray(rng.normal(size=(4, 8, 8, 3)), jnp.float32)
   labels = jnp.arange(4) % 5
-  params = randomise(plain.init(jax.random.key(0), images, train=False)["params"], rng)
+  params = randomise(compiled.param_shapes(plain, images, train=False), rng)
   stack = (lambda p: {**p, "encoder": stack_blocks(p["encoder"], 3)}) if scan else (lambda p: p)
 
   def loss(model, p):
@@ -147,8 +149,9 @@ def test_scanned_layers_keep_their_drop_path_rates():
   model = ViT(num_classes=3, width=8, depth=2, num_heads=2, patch_size=4, drop_path=0.5, scan=True)
   x = jnp.asarray(np.random.default_rng().normal(size=(16, 8, 8, 3)), jnp.float32)
   params = model.init(jax.random.key(0), x, train=False)["params"]
-  train_out = model.apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})[1]["tokens"]
-  eval_out = model.apply({"params": params}, x, train=False)[1]["tokens"]
+  apply = compiled.apply(model)
+  train_out = apply({"params": params}, x, train=True, rngs={"dropout": jax.random.key(2)})[1]["tokens"]
+  eval_out = apply({"params": params}, x, train=False)[1]["tokens"]
   assert np.isfinite(np.asarray(train_out)).all()
   assert not np.allclose(np.asarray(train_out), np.asarray(eval_out))
 
