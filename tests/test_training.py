@@ -17,7 +17,7 @@ import pytest
 from apvit_jax.base_config import set_fields
 from apvit_jax.data import batches, host_pipeline
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib
+from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib, state as state_lib
 from bench import step_bench
 from session_run import shared_folder
 
@@ -265,6 +265,38 @@ def test_compute_dtype_auto_is_float32_on_cpu_and_printed():
   line = [l for l in run_lib.summary_lines(run, "w", 0) if l.startswith("model:")][0]
   assert f"dtype {registry.compute_dtype('auto')} (model.dtype=auto)" in line
   assert jax.tree.leaves(run.state.params)[0].dtype == jnp.float32  # parameters stay float32
+
+
+def test_initialisation_compiles_at_level_1_on_a_cpu_unless_the_flags_say_otherwise(monkeypatch):
+  monkeypatch.setattr(jax, "default_backend", lambda: "cpu")
+  monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+  assert state_lib.init_compiler_options() == {"xla_backend_optimization_level": 1}
+  monkeypatch.delenv("XLA_FLAGS")
+  assert state_lib.init_compiler_options() == {"xla_backend_optimization_level": 1}
+  monkeypatch.setenv("XLA_FLAGS", "--xla_backend_optimization_level=2")
+  assert state_lib.init_compiler_options() == {}
+  monkeypatch.delenv("XLA_FLAGS")
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert state_lib.init_compiler_options() == {}
+
+
+@pytest.mark.slow
+def test_initial_state_at_level_1_is_the_default_levels_bit_for_bit(monkeypatch):
+  """The initial variables and optimizer state compiled at XLA level 1 (what a CPU run uses) equal those at
+  levels 2 and 3 (XLA's default) bit for bit: an APViT (localisation network, patch and position
+  embeddings, encoder, head) with two replicas (the vmapped initialisation)."""
+  config = set_fields(load_config("apvit_quickstart"), {**TINY_MODEL, "num_seeds": 2})
+  run = run_lib.setup(config)
+  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in run.seeds])
+  states = []
+  for level in (1, 2, 3):
+    monkeypatch.setattr(state_lib, "init_compiler_options", lambda level=level: {
+        "xla_backend_optimization_level": level})
+    state = state_lib.create_state(run.model, run.state.tx, keys, run.dataset.image_shape)
+    states.append((state.params, state.opt_state))
+  assert jax.tree.leaves(states[0][0])[0].shape[0] == 2
+  for other in states[1:]:
+    chex.assert_trees_all_equal(states[0], other)
 
 
 def test_summary_says_how_batches_are_fed():
