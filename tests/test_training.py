@@ -287,7 +287,7 @@ def test_initial_state_at_level_1_is_the_default_levels_bit_for_bit(monkeypatch)
   embeddings, encoder, head) with two replicas (the vmapped initialisation)."""
   config = set_fields(load_config("apvit_quickstart"), {**TINY_MODEL, "num_seeds": 2})
   run = run_lib.setup(config)
-  keys = jnp.stack([jax.random.fold_in(jax.random.key(s), 0) for s in run.seeds])
+  keys = jax.random.split(jax.random.key(0))   # (2,): one per replica
   states = []
   for level in (1, 2, 3):
     monkeypatch.setattr(state_lib, "init_compiler_options", lambda level=level: {

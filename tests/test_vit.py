@@ -41,7 +41,7 @@ def test_matches_numpy_forward(pool):
   images = rng.normal(size=(3, 8, 12, 3)).astype(np.float32)
   params = randomise(compiled.param_shapes(model, images, train=False), rng)
   # Flax's nn.gelu is the tanh approximation by default, as in the reference.
-  logits, aux = jax.jit(lambda p, x: model.apply({"params": p}, x, train=False))(params, images)
+  logits, aux = compiled.apply(model)({"params": params}, images, train=False)
   want = numpy_vit.vit_forward(flax.core.unfreeze(params), images, 4, 2, pool)
   np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-4, atol=1e-4)
   assert aux["tokens"].shape == (3, 6 + (pool == "token"), 16)
