@@ -100,7 +100,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0]
   expected = train_losses(ref_dir)
   assert sorted(expected) == list(range(1, STEPS + 1))
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
+  target = ckpt_lib.restore_target(run_lib.setup(_config("shard_map"), for_training=False).state)
   reference = ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(STEPS, target)
   for mode in ("pmap", "shard_map"):
     out0, out1 = outs[tmp_path / mode]
@@ -141,7 +141,7 @@ def test_one_host_preempted_both_stop_at_one_step_and_resume_exactly(tmp_path):
     assert f"starting at step {step}" in resumed[0] and "FINAL" in resumed[0]   # process 0 reports
     finish(reference)
     assert train_losses(work) == train_losses(tmp_path / "reference")   # every step's loss, to the bit
-    target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(_config("shard_map")).state))
+    target = ckpt_lib.restore_target(run_lib.setup(_config("shard_map"), for_training=False).state)
     final = [ckpt_lib.Checkpointer(d, read_only=True).restore(steps, target) for d in (work, tmp_path / "reference")]
     chex.assert_trees_all_equal(*final)
   finally:

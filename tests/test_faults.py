@@ -51,7 +51,7 @@ def saves_in_progress(work: pathlib.Path) -> set[tuple[str, int]]:
 
 def final_state(work, steps=60):
   config = tiny_config(**{"data.num_train": 32, "total_steps": steps})
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config, devices=jax.devices()[:1]).state))
+  target = ckpt_lib.restore_target(run_lib.setup(config, devices=jax.devices()[:1], for_training=False).state)
   return ckpt_lib.Checkpointer(work, read_only=True).restore(steps, target)
 
 

@@ -62,7 +62,7 @@ def test_replica_state_is_the_one_seed_state():
 
 
 def final_state(workdir, config, step):
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
+  target = ckpt_lib.restore_target(run_lib.setup(config, for_training=False).state)
   return ckpt_lib.Checkpointer(workdir, read_only=True).restore(step, target)
 
 
@@ -148,7 +148,7 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 6 <= int(resumed.stdout.split("starting at step ")[1].split()[0]) < 60
   config = tiny_config(**RESUME_RUN, **{"num_seeds": 2, "model.dropout": 0.1})
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
+  target = ckpt_lib.restore_target(run_lib.setup(config, for_training=False).state)
   a, b = (ckpt_lib.Checkpointer(d, read_only=True).restore(60, target) for d in (tmp_path / "ref", work))
   assert jax.tree.leaves(a["params"])[0].shape[0] == 2   # the replica axis is in the checkpoint
   chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-7)

@@ -135,7 +135,7 @@ def uninterrupted_run(tmp_path_factory):
   """The 60-step run of train_cmd, uninterrupted, on 8 devices (once per session: session_run.py) ->
   (its final state restored, the target tree), for the SIGKILL and the SIGTERM tests."""
   ref_dir = shared_folder(tmp_path_factory, "resume_uninterrupted", run_uninterrupted)
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(resume_config()).state))
+  target = ckpt_lib.restore_target(run_lib.setup(resume_config(), for_training=False).state)
   return ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(60, target), target
 
 
@@ -322,7 +322,7 @@ def test_shard_map_run_resumes_under_pmap(tmp_path):
   starts = [json.loads(line)["start_step"] for line in (tmp_path / "mixed" / "runs.jsonl").open()]
   assert starts == [0, 4]
   config = tiny_config(total_steps=8)
-  target = jax.device_get(ckpt_lib.state_to_save(run_lib.setup(config).state))
+  target = ckpt_lib.restore_target(run_lib.setup(config, for_training=False).state)
   a, b = (ckpt_lib.Checkpointer(tmp_path / d, read_only=True).restore(8, target) for d in ("ref", "mixed"))
   assert int(b["step"]) == 8
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
@@ -462,6 +462,38 @@ def test_step_ms_excludes_evaluation_and_checkpoints(tmp_path, monkeypatch):
   step_ms = {r["step"]: r["step_ms"] for r in logged_metrics(tmp_path) if r["split"] == "train" and "step_ms" in r}
   assert 5 in step_ms and set(step_ms) >= {2, 3, 4, 5, 6, 7, 8}   # step 5: the first after an evaluation
   assert max(step_ms.values()) < 1000, step_ms
+
+
+def test_resuming_and_evaluating_restore_into_shapes_without_initialising(tmp_path, monkeypatch):
+  """A run set up to resume, or to evaluate, holds only the state's shapes: the initialisation program is
+  neither compiled nor run (create_state raises here), and a checkpoint restores into those shapes what was
+  saved, bit for bit. Set up to resume where no step restores, the run initialises as a fresh one does."""
+  config = tiny_config(total_steps=4)
+  fresh = run_lib.setup(config)
+  rng = np.random.default_rng(0)
+  perturb = lambda x: (x + rng.standard_normal(x.shape)).astype(x.dtype) if np.issubdtype(x.dtype, np.floating) else x
+  saved = {**jax.tree.map(perturb, jax.device_get(ckpt_lib.state_to_save(fresh.state))), "step": np.int64(3)}
+  ckpt = ckpt_lib.Checkpointer(tmp_path, async_save=False)
+  ckpt.save(3, saved, {"accuracy": 0.5})
+  ckpt.close()
+
+  def initialised(*args, **kwargs):
+    raise AssertionError("the initialisation program was built")
+  with monkeypatch.context() as patch:
+    patch.setattr(state_lib, "create_state", initialised)
+    for run in (run_lib.setup(config, resuming=True), run_lib.setup(config, for_training=False)):
+      assert state_lib.is_shapes(run.state)
+      chex.assert_trees_all_equal_shapes_and_dtypes(ckpt_lib.state_to_save(run.state),
+                                                   ckpt_lib.state_to_save(fresh.state))
+      restored = run_lib.start_state(run, ckpt_lib.Checkpointer(tmp_path, read_only=True))
+      assert int(restored.step) == 3
+      chex.assert_trees_all_equal(ckpt_lib.state_to_save(restored), saved)
+    assert eval_lib.evaluate_checkpoint(config, tmp_path)["step"] == 3
+  empty = tmp_path / "empty"
+  started = run_lib.start_state(run_lib.setup(config, resuming=True), ckpt_lib.Checkpointer(empty))
+  assert not state_lib.is_shapes(started) and int(started.step) == 0
+  chex.assert_trees_all_equal(jax.device_get(ckpt_lib.state_to_save(started)),
+                              jax.device_get(ckpt_lib.state_to_save(fresh.state)))
 
 
 @pytest.mark.slow

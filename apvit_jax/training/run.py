@@ -29,7 +29,7 @@ class Run:
   tasks: tuple               # ((name, num_classes, "softmax" | "sigmoid"), ...)
   model: object
   schedule: object
-  state: state_lib.TrainState  # host/default-device copy, not yet replicated
+  state: state_lib.TrainState  # host/default-device copy, not yet replicated; or its shapes (setup)
   steps_per_epoch: int
   total_steps: int
   per_device_batch: int
@@ -46,7 +46,9 @@ class Run:
 
 
 def setup(config, *, for_training: bool = True, resuming: bool = False, devices=None) -> Run:
-  """config -> Run. `resuming`: the workdir holds checkpoints, so config.init_from is not read."""
+  """config -> Run. `resuming`: the workdir holds checkpoints, so config.init_from is not read. Run.state is
+  the initial state, or only its shapes (state_lib.state_shapes) where a checkpoint will give the values:
+  when resuming, and for evaluation (for_training=False)."""
   check_config(config)
   parallel.maybe_initialize_distributed(config.distributed)
   par = parallel.Parallel(config.parallel, devices)
@@ -79,8 +81,9 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
                          family.host_inputs(model, par.local_devices[0]) is not None)
   schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
   tx = state_lib.make_optimizer(config.optim, schedule)
-  state = state_lib.create_state(model, tx, _seed_keys(seeds, 0), dataset.image_shape,
-                                 family.init_inputs(dataset.image_shape))
+  # A checkpoint will provide the values: the state's shapes are enough (no initialisation program).
+  initialise = state_lib.state_shapes if resuming or not for_training else state_lib.create_state
+  state = initialise(model, tx, _seed_keys(seeds, 0), dataset.image_shape, family.init_inputs(dataset.image_shape))
   return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
              per_device, seeds)
 
@@ -105,8 +108,9 @@ def one_replica(run: Run, host_state, k: int):
   replicas.check_index(k, run.num_replicas)
   if run.num_replicas == 1:
     return run, host_state
-  return (dataclasses.replace(run, seeds=(run.seeds[k],), state=replicas.select_state(run.state, k)),
-          replicas.select_state(host_state, k))
+  select = lambda state: replicas.select_state(state, k)
+  state = jax.eval_shape(select, run.state) if state_lib.is_shapes(run.state) else select(run.state)
+  return dataclasses.replace(run, seeds=(run.seeds[k],), state=state), select(host_state)
 
 
 def check_init_from(path) -> None:
@@ -179,7 +183,8 @@ def _pretrained_grid(run: Run, params) -> tuple[int, int]:
 
 
 def restore(run: Run, ckpt: ckpt_lib.Checkpointer, step: int) -> state_lib.TrainState:
-  target = jax.device_get(ckpt_lib.state_to_save(run.state))
+  """Checkpoint `step` as this run's state (NumPy arrays); run.state may be shapes only."""
+  target = ckpt_lib.restore_target(run.state)
   try:
     restored = ckpt.restore(step, target)
   except ckpt_lib.CheckpointMismatch as e:
@@ -195,6 +200,10 @@ def start_state(run: Run, ckpt: ckpt_lib.Checkpointer) -> state_lib.TrainState:
   latest = ckpt.latest_step()
   if latest is not None:
     return restore(run, ckpt, latest)  # raises before anything in the workdir is written
+  if state_lib.is_shapes(run.state):   # set up to resume, but no step restores: initialise after all
+    run = dataclasses.replace(run, state=state_lib.create_state(
+        run.model, run.state.tx, _seed_keys(run.seeds, 0), run.dataset.image_shape,
+        run.family.init_inputs(run.dataset.image_shape)))
   if run.config.init_from:
     return pretrained_state(run, run.config.init_from)
   return run.state

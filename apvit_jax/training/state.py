@@ -102,13 +102,34 @@ def create_state(model, tx, key: jax.Array, image_shape, init_inputs=None) -> Tr
   key: one key -> one state; or keys (K,) -> K replicas stacked on a leading axis of every array
   (parameters, optimizer state, batch statistics; training/replicas.py), replica k initialised exactly
   as one state from keys[k]. The step counter is a shared scalar either way."""
+  init = _init_function(model, tx, key, image_shape, init_inputs)
+  lowered = jax.jit(init).lower(key)
+  return _train_state(model, tx, *lowered.compile(compiler_options=init_compiler_options())(key))
+
+
+def state_shapes(model, tx, key: jax.Array, image_shape, init_inputs=None) -> TrainState:
+  """The TrainState that create_state returns with the same arguments, as jax.ShapeDtypeStruct leaves:
+  traced, never compiled or run. What restoring a checkpoint needs (resuming, evaluating): the
+  initialisation program is a large part of a run's start-up (init_compiler_options)."""
+  return _train_state(model, tx, *jax.eval_shape(_init_function(model, tx, key, image_shape, init_inputs), key))
+
+
+def is_shapes(state: TrainState) -> bool:
+  """Whether `state` came from state_shapes (its arrays are shapes only)."""
+  return any(isinstance(x, jax.ShapeDtypeStruct) for x in jax.tree.leaves(state.params))
+
+
+def _init_function(model, tx, key, image_shape, init_inputs):
+  """key (or keys (K,)) -> (variables, optimizer state): one program for both (no eager op per leaf)."""
   inputs = init_inputs or (jnp.zeros((1, *image_shape), jnp.float32),)
 
-  def init(k):   # one compiled program for the variables and the optimizer state (no eager op per leaf)
+  def init(k):
     variables = model.init(k, *inputs, train=False)
     return variables, tx.init(variables["params"])
-  lowered = jax.jit(init if key.ndim == 0 else jax.vmap(init)).lower(key)
-  variables, opt_state = lowered.compile(compiler_options=init_compiler_options())(key)
+  return init if key.ndim == 0 else jax.vmap(init)
+
+
+def _train_state(model, tx, variables, opt_state) -> TrainState:
   return TrainState(step=0, apply_fn=model.apply, params=variables["params"], tx=tx, opt_state=opt_state,
                     batch_stats=variables.get("batch_stats", {}))
 
