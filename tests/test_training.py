@@ -286,7 +286,7 @@ def test_initial_state_at_level_1_is_the_default_levels_bit_for_bit(monkeypatch)
   levels 2 and 3 (XLA's default) bit for bit: an APViT (localisation network, patch and position
   embeddings, encoder, head) with two replicas (the vmapped initialisation)."""
   config = set_fields(load_config("apvit_quickstart"), {**TINY_MODEL, "num_seeds": 2})
-  run = run_lib.setup(config)
+  run = run_lib.setup(config, for_training=False)   # the model and optimizer; its state is shapes only
   keys = jax.random.split(jax.random.key(0))   # (2,): one per replica
   states = []
   for level in (1, 2, 3):
