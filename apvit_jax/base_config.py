@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_every_epochs = 1
   c.log_every_steps = 50
   c.progress_bar = True
+  c.compilation_cache = True   # keep compiled programs in WORKDIR/compilation_cache (resume, eval.py, reruns)
   c.steps_per_call = 1         # > 1: that many train steps in one compiled call (a lax.scan; fewer
                                # dispatches for short steps); calls stop at epoch ends, SIGTERM is
                                # answered between calls

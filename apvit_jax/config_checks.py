@@ -101,6 +101,7 @@ RULES = {
     "eval_every_epochs": count,
     "log_every_steps": count,
     "progress_bar": boolean,
+    "compilation_cache": boolean,
     "steps_per_call": integer(1, 4096),
     "skip_nonfinite_steps": boolean,
     "init_from": text(),

@@ -20,6 +20,7 @@ from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, feed, loop, run as run_lib, state as state_lib
 from bench import step_bench
 from session_run import shared_folder
+from subprocess_env import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.py"))
@@ -169,6 +170,34 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, uninterrupted_run):
   assert confusion.trace() == round(written["accuracy"] * 40)
   assert "true\\pred" in cli.stdout
   assert all(pathlib.Path(f).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written["figures"])
+
+
+@pytest.mark.slow
+def test_a_run_resumed_after_a_kill_loads_its_programs_from_the_workdir_cache(tmp_path):
+  """config.compilation_cache (on by default, the environment's JAX_COMPILATION_CACHE_DIR unset): a run
+  keeps its compiled programs in WORKDIR/compilation_cache, and the same command resumed after a SIGKILL
+  compiles nothing new until its next checkpoint (every program it needs is already there: no entry is
+  added). Off, or with
+  JAX_COMPILATION_CACHE_DIR set (as in the rest of this suite), the workdir holds no cache."""
+  one_device = {**RESUME_ENV, "XLA_FLAGS": xla_flags(1)}
+  env = {k: v for k, v in one_device.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"   # every program, however fast it compiles
+  work = tmp_path / "killed"
+  cache = work / "compilation_cache"
+  kill_after_checkpoint(train_cmd(work), work, 6, env, last_step=60)
+  before = sorted(p.name for p in cache.iterdir())
+  assert before, "the killed run kept no compiled program"
+  # Resumed until it has trained, evaluated and saved again (its every program compiled or loaded).
+  assert kill_after_checkpoint(train_cmd(work), work, 20, env, last_step=60) >= 20
+  assert sorted(p.name for p in cache.iterdir()) == before
+  off = subprocess.run(train_cmd(tmp_path / "off", "--config.total_steps=2", "--config.compilation_cache=False"),
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+  assert off.returncode == 0, off.stderr[-2000:]
+  assert not (tmp_path / "off" / "compilation_cache").exists()
+  shared = subprocess.run(train_cmd(tmp_path / "shared", "--config.total_steps=2"), cwd=ROOT, env=one_device,
+                          capture_output=True, text=True)
+  assert shared.returncode == 0, shared.stderr[-2000:]
+  assert not (tmp_path / "shared" / "compilation_cache").exists()
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import pathlib
 import jax
 import numpy as np
 
-from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import checkpoint as ckpt_lib, compilation_cache
 from apvit_jax.training import feed, replicas, run as run_lib, step as step_lib
 
 
@@ -41,6 +41,7 @@ def evaluate_checkpoint(config, workdir: str, step: int | None = None, split: st
     raise ValueError(f"unknown split {split!r}; choose 'test' or 'train'")
   if seed_index is not None:   # before anything is loaded
     replicas.check_index(seed_index, config.num_seeds)
+  compilation_cache.use_workdir_cache(config.compilation_cache, workdir)
   run = run_lib.setup(config, for_training=False)
   ckpt = ckpt_lib.Checkpointer(workdir, read_only=True)
   step = step if step is not None else (ckpt.best_step() or ckpt.latest_step())

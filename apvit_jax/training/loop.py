@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import tqdm
 
-from apvit_jax.training import checkpoint as ckpt_lib
+from apvit_jax.training import checkpoint as ckpt_lib, compilation_cache
 from apvit_jax.training import evaluate as eval_lib, feed, replicas, run as run_lib, step as step_lib
 from apvit_jax.training.metrics import MetricWriter
 
@@ -106,6 +106,7 @@ class _StopOnSignal:
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains (resuming from the latest checkpoint in workdir), evaluating every epoch. -> summary."""
   workdir = pathlib.Path(workdir).expanduser().resolve()
+  compilation_cache.use_workdir_cache(config.compilation_cache, workdir)
   run = run_lib.setup(config, resuming=ckpt_lib.has_checkpoints(workdir))
   is_main = jax.process_index() == 0
   if is_main:

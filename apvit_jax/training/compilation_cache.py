@@ -1,0 +1,25 @@
+"""XLA's persistent compilation cache in WORKDIR/compilation_cache (config.compilation_cache): a run resumed
+after a preemption, an evaluation of the workdir and a rerun of the same command load the compiled train and
+evaluation steps from there instead of compiling them again. JAX decides what to keep (programs that took at
+least `jax_persistent_cache_min_compile_time_secs` to compile, 1 s by default) and keys each entry by the
+program, the JAX/XLA versions, the XLA flags and the device kind."""
+from __future__ import annotations
+
+import pathlib
+
+import jax
+
+FOLDER = "compilation_cache"
+
+
+def use_workdir_cache(enabled: bool, workdir) -> str | None:
+  """Points JAX's persistent compilation cache at WORKDIR/compilation_cache before anything compiles.
+  A cache already chosen wins: the environment's JAX_COMPILATION_CACHE_DIR (one cache shared by many
+  workdirs), or the first run of this process (JAX reads the setting at a process's first compilation).
+  -> the folder in use, or None."""
+  chosen = jax.config.jax_compilation_cache_dir
+  if chosen or not enabled:
+    return chosen or None
+  folder = str(pathlib.Path(workdir).expanduser().resolve() / FOLDER)
+  jax.config.update("jax_compilation_cache_dir", folder)
+  return folder
