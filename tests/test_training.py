@@ -613,3 +613,20 @@ def test_asynchronous_save_failing_in_the_file_system_stops_clearly(tmp_path):
   ckpt.close()
   assert loop.train_and_evaluate(config(8), tmp_path)["final_step"] == 8
   assert ckpt_lib.Checkpointer(tmp_path, read_only=True).latest_step() == 8
+
+
+def test_the_workdir_cache_is_chosen_only_where_no_other_is_and_the_folder_can_be_made(tmp_path, monkeypatch):
+  """compilation_cache.use_workdir_cache's choices, with JAX's setting recorded instead of changed."""
+  from apvit_jax.training import compilation_cache
+  updates = []
+  monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+  monkeypatch.setattr(compilation_cache, "_chosen", lambda: "/elsewhere")
+  assert compilation_cache.use_workdir_cache(True, tmp_path / "a") == "/elsewhere" and not updates
+  monkeypatch.setattr(compilation_cache, "_chosen", lambda: None)
+  assert compilation_cache.use_workdir_cache(False, tmp_path / "a") is None and not updates
+  assert not (tmp_path / "a").exists()
+  (tmp_path / "file").write_text("not a folder")   # the folder cannot be made under it
+  assert compilation_cache.use_workdir_cache(True, tmp_path / "file") is None and not updates
+  folder = str(tmp_path / "a" / "compilation_cache")
+  assert compilation_cache.use_workdir_cache(True, tmp_path / "a") == folder
+  assert updates == [("jax_compilation_cache_dir", folder)] and (tmp_path / "a" / "compilation_cache").is_dir()

@@ -16,10 +16,19 @@ def use_workdir_cache(enabled: bool, workdir) -> str | None:
   """Points JAX's persistent compilation cache at WORKDIR/compilation_cache before anything compiles.
   A cache already chosen wins: the environment's JAX_COMPILATION_CACHE_DIR (one cache shared by many
   workdirs), or the first run of this process (JAX reads the setting at a process's first compilation).
+  A workdir where the folder cannot be made (read-only: evaluating another's run) gets no cache.
   -> the folder in use, or None."""
-  chosen = jax.config.jax_compilation_cache_dir
+  chosen = _chosen()
   if chosen or not enabled:
     return chosen or None
-  folder = str(pathlib.Path(workdir).expanduser().resolve() / FOLDER)
-  jax.config.update("jax_compilation_cache_dir", folder)
-  return folder
+  folder = pathlib.Path(workdir).expanduser().resolve() / FOLDER
+  try:
+    folder.mkdir(parents=True, exist_ok=True)
+  except OSError:
+    return None
+  jax.config.update("jax_compilation_cache_dir", str(folder))
+  return str(folder)
+
+
+def _chosen() -> str | None:
+  return jax.config.jax_compilation_cache_dir
