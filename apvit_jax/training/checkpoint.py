@@ -60,11 +60,11 @@ def state_to_save(state) -> dict:
           "params": state.params, "opt_state": state.opt_state, "batch_stats": state.batch_stats}
 
 
-
 def restore_target(state) -> dict:
   """The NumPy tree that Checkpointer.restore fills: state_to_save's structure, shapes and dtypes, from a
   TrainState or from its shapes (state.state_shapes). Zeros (allocated lazily), never read."""
   return jax.tree.map(lambda x: np.zeros(np.shape(x), x.dtype), state_to_save(state))
+
 
 # Where orbax moves a checkpoint that the retention policy retires (one rename: atomic), for this class to
 # remove. Removed in place instead (orbax's default on local disks), a process killed during the removal left
