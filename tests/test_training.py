@@ -177,8 +177,8 @@ def test_a_run_resumed_after_a_kill_loads_its_programs_from_the_workdir_cache(tm
   """config.compilation_cache (on by default, the environment's JAX_COMPILATION_CACHE_DIR unset): a run
   keeps its compiled programs in WORKDIR/compilation_cache, and the same command resumed after a SIGKILL
   compiles nothing new until its next checkpoint (every program it needs is already there: no entry is
-  added). Off, or with
-  JAX_COMPILATION_CACHE_DIR set (as in the rest of this suite), the workdir holds no cache."""
+  added). Off, or with JAX_COMPILATION_CACHE_DIR set (as in the rest of this suite), the workdir holds no
+  cache."""
   one_device = {**RESUME_ENV, "XLA_FLAGS": xla_flags(1)}
   env = {k: v for k, v in one_device.items() if k != "JAX_COMPILATION_CACHE_DIR"}
   env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"   # every program, however fast it compiles

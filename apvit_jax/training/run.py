@@ -83,9 +83,14 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   tx = state_lib.make_optimizer(config.optim, schedule)
   # A checkpoint will provide the values: the state's shapes are enough (no initialisation program).
   initialise = state_lib.state_shapes if resuming or not for_training else state_lib.create_state
-  state = initialise(model, tx, _seed_keys(seeds, 0), dataset.image_shape, family.init_inputs(dataset.image_shape))
+  state = _initial_state(initialise, model, tx, seeds, dataset, family)
   return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
              per_device, seeds)
+
+
+def _initial_state(initialise, model, tx, seeds, dataset, family) -> state_lib.TrainState:
+  """initialise (state_lib.create_state, or state_shapes) for this model, optimizer and seeds."""
+  return initialise(model, tx, _seed_keys(seeds, 0), dataset.image_shape, family.init_inputs(dataset.image_shape))
 
 
 def check_steps_per_call(k: int, steps_per_epoch: int, host_inputs: bool) -> None:
@@ -201,9 +206,8 @@ def start_state(run: Run, ckpt: ckpt_lib.Checkpointer) -> state_lib.TrainState:
   if latest is not None:
     return restore(run, ckpt, latest)  # raises before anything in the workdir is written
   if state_lib.is_shapes(run.state):   # set up to resume, but no step restores: initialise after all
-    run = dataclasses.replace(run, state=state_lib.create_state(
-        run.model, run.state.tx, _seed_keys(run.seeds, 0), run.dataset.image_shape,
-        run.family.init_inputs(run.dataset.image_shape)))
+    run = dataclasses.replace(run, state=_initial_state(state_lib.create_state, run.model, run.state.tx, run.seeds,
+                                                        run.dataset, run.family))
   if run.config.init_from:
     return pretrained_state(run, run.config.init_from)
   return run.state
