@@ -22,6 +22,21 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# APVIT_TEST_COMPILE_LOG=DIR: every process logs its JAX compilations to DIR (tests/compile_log/: the test
+# processes here, the processes they start through PYTHONPATH); `python tests/compile_report.py DIR` sums them.
+if os.environ.get("APVIT_TEST_COMPILE_LOG"):
+  _COMPILE_LOG = pathlib.Path(__file__).resolve().parent / "compile_log"
+  os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_COMPILE_LOG), os.environ.get("PYTHONPATH")]))
+  pathlib.Path(os.environ["APVIT_TEST_COMPILE_LOG"]).mkdir(parents=True, exist_ok=True)
+  import importlib.util  # noqa: E402
+  import sys  # noqa: E402
+  _site = sys.modules.get("sitecustomize")
+  if getattr(_site, "__file__", None) != str(_COMPILE_LOG / "sitecustomize.py"):   # else installed at start-up
+    _spec = importlib.util.spec_from_file_location("compile_log", _COMPILE_LOG / "sitecustomize.py")
+    _compile_log = importlib.util.module_from_spec(_spec)
+    _spec.loader.exec_module(_compile_log)
+    _compile_log.install(os.environ["APVIT_TEST_COMPILE_LOG"])
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
