@@ -113,19 +113,20 @@ def test_cluttered_digits_deterministic():
 
 def test_bundled_digits_are_scikit_learns_without_importing_it():
   """The built-in digits read scikit-learn's file directly (importing scikit-learn costs seconds per
-  process): the same arrays as load_digits, and scikit-learn is not imported on the way."""
+  process): the same arrays as load_digits, and scikit-learn is not imported on the way. Both in processes
+  of their own: scikit-learn imported here brings joblib's loky, whose resource tracker then warns ~50 times
+  about the semaphores of every later test's spawned workers in this process."""
   import subprocess
   import sys
-  from sklearn.datasets import load_digits
-  from apvit_jax.data import builtin
-  images, labels = builtin.bundled_digits()
-  want = load_digits()
-  np.testing.assert_array_equal(images, want.images)
-  np.testing.assert_array_equal(labels, want.target)
-  code = ("import sys; from apvit_jax.data import builtin; builtin.cluttered_digits(num_train=4, num_test=4)\n"
-          "assert 'sklearn' not in sys.modules, 'sklearn was imported'")
-  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-  assert out.returncode == 0, out.stderr[-2000:]
+  same = ("import numpy as np; from sklearn.datasets import load_digits; from apvit_jax.data import builtin\n"
+          "images, labels = builtin.bundled_digits(); want = load_digits()\n"
+          "assert images.shape == (1797, 8, 8), images.shape\n"
+          "np.testing.assert_array_equal(images, want.images); np.testing.assert_array_equal(labels, want.target)")
+  not_imported = ("import sys; from apvit_jax.data import builtin; builtin.cluttered_digits(num_train=4, num_test=4)\n"
+                  "assert 'sklearn' not in sys.modules, 'sklearn was imported'")
+  for code in (same, not_imported):
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
 
 
 def test_tfds_mock():
