@@ -8,7 +8,8 @@ suite's time goes, by test file and by test.
 Columns, seconds of one core: trace (Python tracing to a jaxpr), lower (jaxpr to StableHLO), compile (XLA,
 programs the persistent cache did not have), eager (the part of compile spent on programs under 0.1 s:
 mostly single primitives run eagerly), cached (programs loaded from the persistent cache, and how long that
-took)."""
+took). Seconds are each event's wall time in its process: where a test runs several processes at once
+on 2 cores (the distributed tests), their sum exceeds the core time they took."""
 import collections
 import json
 import pathlib

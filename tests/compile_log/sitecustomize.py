@@ -5,8 +5,8 @@ folder on PYTHONPATH, so that the processes the tests start (training, evaluatio
 import it as their `sitecustomize` and log too. Each line: the event (JAX's monitoring name: tracing,
 lowering, XLA compilation, persistent-cache hits), seconds, the function's name, the test that ran it
 (PYTEST_CURRENT_TEST, which started processes inherit) and the process. `python tests/compile_report.py
-DIR` sums them. Every Python started with the log on imports jax at start-up (loky's worker processes then
-warn about their semaphores): a diagnostic run, not a timing of the suite."""
+DIR` sums them. Every Python started with the log on imports jax at start-up, even one that does not use it
+(pip in the packaging test): a diagnostic run, not a timing of the suite."""
 import json
 import os
 import sys
