@@ -5,7 +5,7 @@ suite's time goes, by test file and by test.
         python -m pytest -n 2
     python tests/compile_report.py /tmp/compile_log
 
-Columns, seconds of one core: trace (Python tracing to a jaxpr), lower (jaxpr to StableHLO), compile (XLA,
+Columns, in seconds: trace (Python tracing to a jaxpr), lower (jaxpr to StableHLO), compile (XLA,
 programs the persistent cache did not have), eager (the part of compile spent on programs under 0.1 s:
 mostly single primitives run eagerly), cached (programs loaded from the persistent cache, and how long that
 took). Seconds are each event's wall time in its process: where a test runs several processes at once

@@ -114,8 +114,8 @@ def test_cluttered_digits_deterministic():
 def test_bundled_digits_are_scikit_learns_without_importing_it():
   """The built-in digits read scikit-learn's file directly (importing scikit-learn costs seconds per
   process): the same arrays as load_digits, and scikit-learn is not imported on the way. Both in processes
-  of their own: scikit-learn imported here brings joblib's loky, whose resource tracker then warns ~50 times
-  about the semaphores of every later test's spawned workers in this process."""
+  of their own: scikit-learn imported here brings joblib's loky into this test process, and a later
+  host-pipeline test in it then warned ~50 times about loky semaphores (CPython's resource tracker)."""
   import subprocess
   import sys
   same = ("import numpy as np; from sklearn.datasets import load_digits; from apvit_jax.data import builtin\n"
