@@ -104,3 +104,35 @@ def test_streamed_tfds_batches_in_workers():
     make = host_pipeline.TrainBatch(split, (0,), 8, host_pipeline.Host())
     assert_batches_equal(batches_of(make, range(2, 8), workers=2), [make(s) for s in range(2, 8)])
 
+
+
+@pytest.mark.parametrize("consume", ["all", "first"])
+def test_a_closed_pipeline_leaves_no_semaphores_for_a_later_garbage_collection(consume):
+  """grain's worker pool leaves its multiprocessing semaphores in reference cycles (50 for two workers).
+  Left to a later, automatic collection they can be finalised inside a call into multiprocessing's
+  resource tracker, which warns "ResourceTracker called reentrantly ... might leak" for each. `iterate`
+  frees them when it ends, read to the end or closed early. Automatic collection is off meanwhile, so
+  only `iterate` can have freed them."""
+  import gc
+  from multiprocessing import synchronize
+  split = bad_examples.GuardedSplit(FlakySplit(n=40, broken=set()), "fake train", skip=False)
+  make = host_pipeline.EvalBatch(split, host_pipeline.Host())
+  items = [(np.arange(s, s + 10), np.ones(10, bool)) for s in range(0, 40, 10)]
+  gc.collect()
+  gc.disable()
+  try:
+    batches = host_pipeline.iterate(make, items, workers=2)
+    first = jax_free_copy(next(batches))
+    if consume == "all":
+      assert len([jax_free_copy(b) for b in batches]) == len(items) - 1
+    batches.close()
+    del batches
+    gc.set_debug(gc.DEBUG_SAVEALL)   # what a collection now finds stays in gc.garbage, to be counted
+    gc.collect()
+    left = [o for o in gc.garbage if isinstance(o, synchronize.SemLock)]
+  finally:
+    gc.set_debug(0)
+    gc.garbage.clear()
+    gc.enable()
+  assert_batches_equal([first], [make(items[0])])
+  assert not left, f"{len(left)} semaphores of the closed pipeline left for a later collection"

@@ -17,6 +17,7 @@ Resident splits (in memory, put on every device once) need none of this: their b
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 
 import numpy as np
@@ -158,3 +159,10 @@ def iterate(make, items, workers: int):
     close = getattr(it, "close", None)
     if close is not None:
       close()
+    if workers:
+      # A closed worker pool leaves its multiprocessing semaphores (50 for two workers) in reference
+      # cycles. Freed by a later, arbitrary garbage collection, they can be finalised inside a call into
+      # multiprocessing's resource tracker, which then warns "ResourceTracker called reentrantly ... might
+      # leak" once per semaphore (CPython gh-109629). Freed here, nothing else is in progress.
+      del it, ds
+      gc.collect()
