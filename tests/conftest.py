@@ -4,6 +4,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 # Tests compile far more than they run (a few steps per program): XLA:CPU's backend optimisation level 0
@@ -37,6 +38,8 @@ if os.environ.get("APVIT_TEST_COMPILE_LOG"):
     _spec.loader.exec_module(_compile_log)
     _compile_log.install(os.environ["APVIT_TEST_COMPILE_LOG"])
 
+_SESSION_START = time.time()
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -52,3 +55,16 @@ def shared_data():
   if not SHARED_DATA.is_dir():
     pytest.skip(f"real data folder {SHARED_DATA} is absent (only developers and CI have it)")
   return SHARED_DATA
+
+
+def pytest_sessionfinish(session):
+  """Removes the empty temporary folders (tmp*tfds) tfds leaves behind: each builder of a dataset not
+  prepared on disk (every test under tfds.testing.mock_data, and the processes such tests start) makes
+  one to copy metadata from its GCS bucket into and returns without removing it
+  (DatasetInfo.initialize_from_bucket), ~50 a run. Only empty ones made since this session started."""
+  for folder in pathlib.Path(tempfile.gettempdir()).glob("tmp*tfds"):
+    try:
+      if folder.stat().st_mtime >= _SESSION_START:
+        folder.rmdir()   # fails, and is kept, unless empty
+    except OSError:
+      pass
