@@ -176,8 +176,9 @@ COLUMNS = [("workload", "workload", ""), ("batch", "batch", "d"), ("ours_ms", "o
 def jobs(preset: str, *, tiny: bool, warmup: int, repeats: int, only: tuple[str, ...] = ()
          ) -> list[tuple[str, object]]:
   """The suite as (name, () -> rows) jobs: one per sampler size, one per train-step workload; with
-  `only`, the jobs with one of those words in their name, e.g. "sampler", "step", "dps_vit_cifar10" (each
-  must name a job, else ValueError)."""
+  `only`, the jobs with one of those words in their name, e.g. "sampler", "step", "dps_vit_cifar10", or
+  with one of those whole names, e.g. "step dps_vit_cifar10" (that job alone, not its variants); each must
+  name a job, else ValueError."""
   spec = PRESETS[preset]
   out = [(f"sampler {size[0]}", lambda size=size: sampler_rows((size,), warmup=warmup, repeats=repeats))
          for size in (TINY_SAMPLER if tiny else spec["sampler"])]
@@ -186,11 +187,12 @@ def jobs(preset: str, *, tiny: bool, warmup: int, repeats: int, only: tuple[str,
                 lambda step=step: step_rows((step,), tiny=tiny, warmup=warmup, repeats=repeats)))
   if not only:
     return out
-  unmatched = [o for o in only if not any(o in name.split() for name, _ in out)]
+  picks = lambda o, name: o == name or o in name.split()
+  unmatched = [o for o in only if not any(picks(o, name) for name, _ in out)]
   if unmatched:
     raise ValueError(f"--only={','.join(unmatched)} matches no job of the {preset} suite; its jobs: "
                      + "; ".join(name for name, _ in out))
-  return [(name, job) for name, job in out if set(only) & set(name.split())]
+  return [(name, job) for name, job in out if any(picks(o, name) for o in only)]
 
 
 def check_out(out: pathlib.Path) -> None:

@@ -28,9 +28,10 @@ flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", *
                   "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
                   "sizes of the GPU or the CPU speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
-flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name "
-                  "(e.g. --only=sampler,apvit_cifar10: the sampler sizes and the apvit_cifar10 step), such as "
-                  "those a run cut by a time limit did not reach.")
+flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name, "
+                  "or with one of these whole names (e.g. --only=sampler,apvit_cifar10: the sampler sizes and "
+                  "the apvit_cifar10 step; --only='step dps_vit_cifar10': that step without its variants), "
+                  "such as those a run cut by a time limit did not reach.")
 flags.DEFINE_bool("tiny", False, "gpu/cpu suites: tiny sizes, to check the command end to end on a CPU.")
 flags.DEFINE_list("workloads", list(step_bench.WORKLOADS), "Train-step workloads (steps suite): "
                   + ", ".join(step_bench.WORKLOADS))

@@ -55,12 +55,14 @@ def test_table_and_peaks():
   assert out.splitlines() == ["| name | value |", "|---|---:|", "| x | 1,234.5 |", "| y | - |"]
 
 
-# The GPU suite's jobs in three commands (each about half a minute on 2 cores, under a minute on a slow
-# day), together every job once: the sampler and the steps with a PyTorch peer; DPS-ViT's three steps;
-# APViT and IPS.
+# The GPU suite's jobs in three commands (each 30-50 s on 2 cores with the other worker busy), together
+# every job once: the sampler and the steps with a PyTorch peer; DPS-ViT's step, its separable variant
+# and IPS; DPS-ViT's steps_per_call variant and APViT. (DPS-ViT's three steps in one command took up to
+# 62 s, over the suite's 60 s a test.)
 PEER_STEPS = ("vit_s16_224", "pit_t_32", "vit_t2_32", "std_vit_cifar10")
-GPU_SUITE_PARTS = {"sampler and peer steps": ("sampler", *PEER_STEPS), "dps_vit steps": ("dps_vit_cifar10",),
-                   "apvit and ips steps": ("apvit_cifar10", "ips_megapixel_mnist")}
+GPU_SUITE_PARTS = {"sampler and peer steps": ("sampler", *PEER_STEPS),
+                   "dps_vit and ips steps": ("step dps_vit_cifar10", "patch_sampler=separable", "ips_megapixel_mnist"),
+                   "dps_vit steps_per_call and apvit steps": ("steps_per_call=8", "apvit_cifar10")}
 
 
 def test_gpu_suite_parts_cover_every_job_once():
@@ -70,6 +72,12 @@ def test_gpu_suite_parts_cover_every_job_once():
   assert sorted(parts) == sorted(names)   # every job, none twice
   with pytest.raises(ValueError, match="--only=vit_b16 matches no job of the gpu suite"):
     peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1, only=("sampler", "vit_b16"))
+  pick = lambda *only: [name for name, _ in peers_suite.jobs("gpu", tiny=True, warmup=0, repeats=1, only=only)]
+  assert pick("dps_vit_cifar10") == ["step dps_vit_cifar10", "step dps_vit_cifar10 patch_sampler=separable",
+                                     "step dps_vit_cifar10 steps_per_call=8"]   # a word: every job named by it
+  assert pick("step dps_vit_cifar10") == ["step dps_vit_cifar10"]   # a whole name: that job alone
+  with pytest.raises(ValueError, match="--only=dps_vit_cifar10 steps matches no job"):   # neither
+    pick("dps_vit_cifar10 steps")
 
 
 @pytest.mark.slow
@@ -94,7 +102,6 @@ def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, part):
   assert proc.returncode == 0, proc.stderr[-3000:]
   result = json.loads((tmp_path / "results.json").read_text())
   names = [r["workload"] for r in result["rows"]]
-  steps = [w for w, *_ in peers_suite.PRESETS["gpu"]["steps"]]
   if part == "sampler and peer steps":
     assert names[:6] == ["sampler forward B2 16² 4×8²", "sampler fwd+bwd B2 16² 4×8²",
                          "sampler fwd+bwd to maps B2 16² 4×8²", "sampler separable forward B2 16² 4×8²",
@@ -102,10 +109,10 @@ def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, part):
     assert all(("gather_ms" in r) == r["workload"].startswith("sampler separable") for r in result["rows"])
     assert [n.split()[1] for n in names[6:]] == list(PEER_STEPS)
   else:
-    assert [n.split()[1] for n in names] == [s for s in steps if s in GPU_SUITE_PARTS[part]]
-    if part == "dps_vit steps":
-      assert names == ["step dps_vit_cifar10", "step dps_vit_cifar10 patch_sampler=separable",
-                       "step dps_vit_cifar10 steps_per_call=8"]
+    assert names == {"dps_vit and ips steps": ["step dps_vit_cifar10", "step dps_vit_cifar10 patch_sampler=separable",
+                                               "step ips_megapixel_mnist memory=100 chunk=100"],
+                     "dps_vit steps_per_call and apvit steps": ["step dps_vit_cifar10 steps_per_call=8",
+                                                                "step apvit_cifar10"]}[part]
   for row in result["rows"]:
     assert row["ours_ms"] > 0, row
     assert ("peer_ms" in row) == ("ours_vs_peer" in row)
