@@ -164,5 +164,5 @@ def iterate(make, items, workers: int):
       # cycles. Freed by a later, arbitrary garbage collection, they can be finalised inside a call into
       # multiprocessing's resource tracker, which then warns "ResourceTracker called reentrantly ... might
       # leak" once per semaphore (CPython gh-109629). Freed here, nothing else is in progress.
-      del it, ds
+      del it, ds, close
       gc.collect()
