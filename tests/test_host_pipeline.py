@@ -1,6 +1,9 @@
 """Streamed batches made by grain worker processes (data/host_pipeline.py): the same batches in the same
 order as made in the training process, from any first step (resume), with unreadable examples named or
 counted as they are without workers."""
+import gc
+from multiprocessing import synchronize
+
 import numpy as np
 import pytest
 
@@ -105,7 +108,6 @@ def test_streamed_tfds_batches_in_workers():
     assert_batches_equal(batches_of(make, range(2, 8), workers=2), [make(s) for s in range(2, 8)])
 
 
-
 @pytest.mark.parametrize("consume", ["all", "first"])
 def test_a_closed_pipeline_leaves_no_semaphores_for_a_later_garbage_collection(consume):
   """grain's worker pool leaves its multiprocessing semaphores in reference cycles (50 for two workers).
@@ -113,8 +115,6 @@ def test_a_closed_pipeline_leaves_no_semaphores_for_a_later_garbage_collection(c
   resource tracker, which warns "ResourceTracker called reentrantly ... might leak" for each. `iterate`
   frees them when it ends, read to the end or closed early. Automatic collection is off meanwhile, so
   only `iterate` can have freed them."""
-  import gc
-  from multiprocessing import synchronize
   split = bad_examples.GuardedSplit(FlakySplit(n=40, broken=set()), "fake train", skip=False)
   make = host_pipeline.EvalBatch(split, host_pipeline.Host())
   items = [(np.arange(s, s + 10), np.ones(10, bool)) for s in range(0, 40, 10)]
