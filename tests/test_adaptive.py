@@ -262,7 +262,13 @@ def test_every_model_is_batch_independent(name):
   x = jnp.asarray(np.random.default_rng(9).normal(size=(5, 32, 32, 3)), jnp.float32)
   params = perturbed(init_params(model, x[:1], 1), 2)
   apply = jax.jit(lambda im: model.apply({"params": params}, im, train=False)[0])
-  assert max_batch_dependence(apply, x) < 1e-5
+  # Rounding alone differs with the batch size (XLA:CPU blocks its convolutions and matmuls by it), and
+  # the sampler amplifies it: a translation ~2e-6 off (the STN's rounding) moves a 16-pixel patch by
+  # 3e-5 pixels. Measured on an AVX-512 Xeon: 1.1e-5 of the logits' scale for DPS-ViT, 3e-7 to 3e-6 for
+  # the others; attention across the batch (the test below) changes outputs by 7e-2 of their scale.
+  scale = np.abs(np.asarray(apply(x))).max()
+  assert scale > 0.1  # a real function, not zeros
+  assert max_batch_dependence(apply, x) < 1e-4 * scale
 
 
 def test_batch_independence_check_catches_attention_across_the_batch():
