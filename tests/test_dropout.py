@@ -44,6 +44,22 @@ def test_numpy_threefry_matches_the_published_test_vector():
   assert (int(y0[0]), int(y1[0])) == (0xC4923A9C, 0x483DF7A0)
 
 
+def test_written_out_threefry_equals_jax_and_numpy():
+  """dropout.threefry_2x32 (the hash written out so that XLA fuses it) == JAX's own threefry_2x32 and the
+  NumPy reference, bit for bit, on random keys and random (not consecutive) counters."""
+  import jax.extend.random as jax_random
+  rng = np.random.default_rng()
+  for n in (1, 7, 1000):
+    key_data = rng.integers(0, 2 ** 32, size=2, dtype=np.uint32)
+    x0, x1 = (rng.integers(0, 2 ** 32, size=n, dtype=np.uint32) for _ in range(2))
+    got = jax.jit(dropout_lib.threefry_2x32)(jnp.asarray(key_data), jnp.asarray(x0), jnp.asarray(x1))
+    want_jax = np.asarray(jax_random.threefry_2x32(jnp.asarray(key_data), jnp.concatenate([x0, x1])))
+    want_np = numpy_threefry2x32(key_data, x0, x1)
+    np.testing.assert_array_equal(np.concatenate([np.asarray(g) for g in got]), want_jax)
+    np.testing.assert_array_equal(np.asarray(got[0]), want_np[0])
+    np.testing.assert_array_equal(np.asarray(got[1]), want_np[1])
+
+
 @pytest.mark.parametrize("shape", [(3, 5, 7), (4, 6), (1,), (2, 17, 40)])
 def test_draws_and_output_equal_the_numpy_reference(shape):
   rng = np.random.default_rng()
