@@ -1,6 +1,7 @@
 """16-bit dropout (apvit_jax/models/dropout.py) against a NumPy threefry-2x32 and a float64 reference; its
 statistics; flax's dropout semantics (identity when deterministic, zeros at rate 1, unbiased)."""
 import jax
+import jax.extend.random as jax_random
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -47,7 +48,6 @@ def test_numpy_threefry_matches_the_published_test_vector():
 def test_written_out_threefry_equals_jax_and_numpy():
   """dropout.threefry_2x32 (the hash written out so that XLA fuses it) == JAX's own threefry_2x32 and the
   NumPy reference, bit for bit, on random keys and random (not consecutive) counters."""
-  import jax.extend.random as jax_random
   rng = np.random.default_rng()
   for n in (1, 7, 1000):
     key_data = rng.integers(0, 2 ** 32, size=2, dtype=np.uint32)

@@ -48,8 +48,8 @@ def threefry_2x32(key_data: jax.Array, x0: jax.Array, x1: jax.Array) -> tuple[ja
     key_data: (2,) uint32, a threefry key's data.
     x0, x1: uint32 counters, the same shape: the two halves of each hashed pair.
   Returns:
-    (y0, y1), uint32 of that shape: what `jax.extend.random.threefry_2x32(key_data, [x0, x1])` returns
-    as its two halves.
+    (y0, y1), uint32 of that shape: the two halves of what
+    `jax.extend.random.threefry_2x32(key_data, jnp.concatenate([x0, x1]))` returns (1-D counters).
   """
   rotl = lambda v, r: (v << np.uint32(r)) | (v >> np.uint32(32 - r))
   k0, k1 = key_data[0], key_data[1]
