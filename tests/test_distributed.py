@@ -97,14 +97,14 @@ def test_two_processes_match_one_process(tmp_path):
   for mode in ("pmap", "shard_map"):
     procs[tmp_path / mode] = two_processes(tmp_path / mode, mode)
   outs = {d: finish(ps) for d, ps in procs.items()}
-  assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0]
+  assert "devices: 4 (cpu, 1 host(s))" in outs[ref_dir][0] and "compilation cache" not in outs[ref_dir][0]
   expected = train_losses(ref_dir)
   assert sorted(expected) == list(range(1, STEPS + 1))
   target = ckpt_lib.restore_target(run_lib.setup(_config("shard_map"), for_training=False).state)
   reference = ckpt_lib.Checkpointer(ref_dir, read_only=True).restore(STEPS, target)
   for mode in ("pmap", "shard_map"):
     out0, out1 = outs[tmp_path / mode]
-    assert "devices: 4 (cpu, 2 host(s))" in out0
+    assert "devices: 4 (cpu, 2 host(s))" in out0 and "compilation cache: off" in out0
     assert "FINAL" in out0 and "FINAL" not in out1  # process 0 alone reports
     got = train_losses(tmp_path / mode)
     assert sorted(got) == sorted(expected)

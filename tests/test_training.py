@@ -630,3 +630,18 @@ def test_the_workdir_cache_is_chosen_only_where_no_other_is_and_the_folder_can_b
   folder = str(tmp_path / "a" / "compilation_cache")
   assert compilation_cache.use_workdir_cache(True, tmp_path / "a") == folder
   assert updates == [("jax_compilation_cache_dir", folder)] and (tmp_path / "a" / "compilation_cache").is_dir()
+
+
+def test_the_persistent_cache_is_turned_off_in_multi_process_cpu_runs_only(monkeypatch):
+  """jax 0.12.1 hangs running a multi-process CPU program loaded from the persistent cache (the two-process
+  tests of test_distributed.py hang there without this), so such runs turn the cache off; a run of one
+  process keeps it. JAX's setting recorded instead of changed."""
+  from apvit_jax.training import compilation_cache
+  updates = []
+  monkeypatch.setattr(jax.config, "update", lambda name, value: updates.append((name, value)))
+  assert not compilation_cache.off_for_multiprocess_cpu() and not updates   # this process: one
+  monkeypatch.setattr(jax, "process_count", lambda: 2)
+  assert compilation_cache.off_for_multiprocess_cpu()
+  assert updates == [("jax_enable_compilation_cache", False)]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert not compilation_cache.off_for_multiprocess_cpu() and len(updates) == 1

@@ -32,3 +32,22 @@ def use_workdir_cache(enabled: bool, workdir) -> str | None:
 
 def _chosen() -> str | None:
   return jax.config.jax_compilation_cache_dir
+
+
+def off_for_multiprocess_cpu() -> bool:
+  """Turns JAX's persistent compilation cache off in a multi-process run on CPUs, before the run's first
+  compilation; -> whether it did. On jax 0.12.1 such a run hangs in its first collective when its
+  programs come from the cache (gloo; measured with a bare `shard_map` psum over 2 processes: the first
+  run, which compiles, ends; the second, which loads, hangs; 0.12.0.1 loads and runs it). Multi-process
+  CPU runs are for tests and small clusters, where compiling again costs seconds, so the cache stays off
+  there on every version; single-process runs and GPUs/TPUs keep it. Call after
+  jax.distributed.initialize."""
+  if not multiprocess_cpu():
+    return False
+  jax.config.update("jax_enable_compilation_cache", False)
+  return True
+
+
+def multiprocess_cpu() -> bool:
+  """A run of several processes on CPUs (where the persistent cache is off: off_for_multiprocess_cpu)."""
+  return jax.process_count() > 1 and jax.default_backend() == "cpu"

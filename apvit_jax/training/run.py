@@ -16,7 +16,7 @@ from apvit_jax.data import augment, host_pipeline, sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import parallel, replicas, state as state_lib, step as step_lib
+from apvit_jax.training import compilation_cache, parallel, replicas, state as state_lib, step as step_lib
 
 
 @dataclasses.dataclass
@@ -51,6 +51,7 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
   when resuming, and for evaluation (for_training=False)."""
   check_config(config)
   parallel.maybe_initialize_distributed(config.distributed)
+  compilation_cache.off_for_multiprocess_cpu()
   par = parallel.Parallel(config.parallel, devices)
   per_device = par.check_batch(config.batch_size)
   dataset = sources.load(config.data)
@@ -239,4 +240,6 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"schedule: {run.steps_per_epoch} steps/epoch, {run.total_steps} steps, starting at step {start_step}" + (
           f", {run.config.steps_per_call} steps per call" if run.config.steps_per_call > 1 else ""),
       f"workdir: {workdir}",
-  ] + ([warning] if warning else [])
+  ] + ([warning] if warning else []) + (
+      ["compilation cache: off (a multi-process CPU run: jax 0.12.1 hangs running programs loaded from it)"]
+      if compilation_cache.multiprocess_cpu() else [])
