@@ -96,7 +96,7 @@ def padded_crop_and_flip(images: jax.Array, keys: jax.Array, crop_padding: int, 
 
 
 # The first jax measured to compile the train step's sampler right on whole pixels (tests/test_compiled_sampling.py
-# passed on 0.11.2 and 0.12.0.1 and failed on 0.10.2; versions in between were not measured).
+# passed on 0.11.2, 0.12.0.1 and 0.12.1 and failed on 0.10.2; versions in between were not measured).
 FIRST_RIGHT_JAX = (0, 11, 2)
 
 
