@@ -72,7 +72,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.dtype = "auto"       # compute dtype (parameters stay float32): "auto" = bfloat16 on GPU/TPU,
                                # float32 on CPU; or "float32" / "bfloat16" as given
   c.model.attention_impl = "auto"  # "auto": cuDNN on GPU in bf16 where it takes the shapes, else XLA
-  c.model.remat = False        # recompute each block's activations in the backward pass (less memory)
+  c.model.remat = False        # recompute each block's activations in the backward pass (less memory):
+                               # the ViT's encoder blocks; IPS's ResNet stem and residual blocks
   c.model.scan_layers = False  # nn.scan over the blocks (compile time independent of depth)
   c.model.front_end = "grid"   # "grid" (ViT, PiT) or "adaptive" (DPS-ViT, APViT: model.adaptive.*)
 

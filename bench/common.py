@@ -102,7 +102,14 @@ def compiled_memory_gib(compiled) -> float | None:
   return total / 2 ** 30
 
 
-def runtime_peak_gib(device) -> float | None:
-  """The allocator's peak bytes in use since the process started (GPU/TPU), or None (CPU)."""
+def runtime_peak_gib(device, since: float | None = None) -> float | None:
+  """The allocator's peak bytes in use since the process started (GPU/TPU), or None (CPU).
+
+  since: this function's value when a workload started. The peak is then returned only if the workload
+  raised it; otherwise None, because a peak an earlier workload of the process set says nothing about
+  this one (JAX cannot reset it): time such a workload in a process of its own for its runtime peak."""
   stats = device.memory_stats() or {}
-  return stats["peak_bytes_in_use"] / 2 ** 30 if "peak_bytes_in_use" in stats else None
+  if "peak_bytes_in_use" not in stats:
+    return None
+  peak = stats["peak_bytes_in_use"] / 2 ** 30
+  return peak if since is None or peak > since else None

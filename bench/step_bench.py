@@ -66,6 +66,7 @@ def workload_config(name: str, batch_size: int, steps: int, extra: dict):
 
 def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
   config = workload_config(name, batch_size, warmup + repeats, extra)
+  peak_before = common.runtime_peak_gib(jax.devices()[0])
   run = run_lib.setup(config)
   if run.host_inputs:
     raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
@@ -111,8 +112,8 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   scans = run.family.loops_in_step()
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
-          "steps_per_call": k,
-          "xla_memory_gib": common.compiled_memory_gib(compiled), "peak_gib": common.runtime_peak_gib(device),
+          "steps_per_call": k, "xla_memory_gib": common.compiled_memory_gib(compiled),
+          "peak_gib": common.runtime_peak_gib(device, since=peak_before),   # None: an earlier workload's
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,
           "replicas": run.num_replicas, "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
           "all_replicas_images_per_s": b * run.num_replicas / step_s,

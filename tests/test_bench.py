@@ -55,6 +55,23 @@ def test_table_and_peaks():
   assert out.splitlines() == ["| name | value |", "|---|---:|", "| x | 1,234.5 |", "| y | - |"]
 
 
+def test_runtime_peak_is_reported_only_where_the_workload_set_it():
+  """The allocator's peak covers the whole process: a workload that stays under an earlier one's peak
+  gets None, not that earlier peak (the GPU suite's IPS rows follow ViT steps that use far more)."""
+  class Device:
+    def __init__(self, stats):
+      self.stats = stats
+
+    def memory_stats(self):
+      return self.stats
+  gpu = Device({"peak_bytes_in_use": 3 * 2 ** 30, "bytes_in_use": 2 ** 30})
+  assert common.runtime_peak_gib(gpu) == 3.0
+  assert common.runtime_peak_gib(gpu, since=2.0) == 3.0     # raised during the workload: its peak
+  assert common.runtime_peak_gib(gpu, since=3.0) is None    # an earlier workload's peak
+  assert common.runtime_peak_gib(Device(None)) is None and common.runtime_peak_gib(Device({}), since=1.0) is None
+  assert common.runtime_peak_gib(jax.devices("cpu")[0]) is None
+
+
 # The GPU suite's jobs in three commands (each 30-50 s on 2 cores with the other worker busy), together
 # every job once: the sampler and the steps with a PyTorch peer; DPS-ViT's step, its separable variant
 # and IPS; DPS-ViT's steps_per_call variant and APViT. (DPS-ViT's three steps in one command took up to

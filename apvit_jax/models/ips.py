@@ -109,6 +109,7 @@ class IPSNet(nn.Module):
   """Patch encoder + cross-attention aggregator + one linear head per task.
 
   tasks: ((name, num_classes), ...); token t feeds head t (one token shared when num_tokens == 1).
+  remat: the ResNet trunk recomputes its activations in the backward pass (ResNetTrunk).
   The selection methods `embed` and `scores` are called by `select_*` below in inference mode.
   """
   tasks: Sequence[tuple[str, int]]
@@ -123,13 +124,14 @@ class IPSNet(nn.Module):
   attn_dropout: float = 0.1
   dropout: float = 0.1
   dtype: Any = jnp.float32
+  remat: bool = False
 
   def setup(self):
     if self.encoder == "features":
       self.trunk = FeatureProjector(self.dim, self.dtype)
       self.project = None
     else:
-      self.trunk = ResNetTrunk(self.encoder, self.num_stages, self.dtype)
+      self.trunk = ResNetTrunk(self.encoder, self.num_stages, self.dtype, self.remat)
       self.project = nn.Dense(self.dim) if trunk_width(self.encoder, self.num_stages) != self.dim else None
     tokens = self.num_tokens or len(self.tasks)
     if tokens not in (1, len(self.tasks)):

@@ -7,14 +7,25 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from apvit_jax.models import pooling
+
 # name -> (block, blocks per stage); stage widths are 64, 128, 256, 512 (x4 outputs for bottlenecks).
 RESNETS = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 
 
-def _norm(train: bool, dtype, name=None):
+def _norm(train: bool, dtype, name=None, **parent):
   """BatchNorm as torchvision's (eps 1e-5, momentum 0.1 = flax 0.9), every scale starting at one
   (torchvision's default zero_init_residual=False, which the IPS authors' code keeps)."""
-  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name)
+  return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=dtype, name=name,
+                      **parent)
+
+
+def _stem(trunk: nn.Module, x, train: bool):
+  """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max-pool: (B, H, W, C) -> (B, H/4, W/4, 64). Its layers
+  are the trunk's own ("stem", "stem_bn"), so the parameters are named alike with and without remat."""
+  x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=trunk.dtype, name="stem", parent=trunk)(x)
+  x = nn.relu(_norm(train, trunk.dtype, "stem_bn", parent=trunk)(x))
+  return pooling.max_pool(x, 3, 2, 1)   # nn.max_pool's values; its gradient without index arrays
 
 
 class ResidualBlock(nn.Module):
@@ -25,7 +36,7 @@ class ResidualBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, *, train: bool):
+  def __call__(self, x, train: bool):
     conv = lambda f, k, s, name: nn.Conv(f, (k, k), (s, s), padding=k // 2 if k > 1 else 0,
                                          use_bias=False, dtype=self.dtype, name=name)
     out_width = self.width * (4 if self.kind == "bottleneck" else 1)
@@ -44,10 +55,14 @@ class ResidualBlock(nn.Module):
 class ResNetTrunk(nn.Module):
   """ResNet stem + the first `num_stages` stages + global average pool: (B, H, W, C) -> (B, F) float32.
 
-  F = 64·2^(num_stages-1) for resnet18 (128 after 2 stages) and 4x that for resnet50."""
+  F = 64·2^(num_stages-1) for resnet18 (128 after 2 stages) and 4x that for resnet50. `remat` recomputes
+  the stem's and each residual block's activations in the backward pass, keeping only their inputs: the
+  same values and gradients for less memory (IPS's gradient pass over B·M patches: 2.6 -> ~1 GiB for
+  Megapixel MNIST at batch 16, M = 100, bench/RESULTS.md)."""
   name_: str = "resnet18"
   num_stages: int = 4
   dtype: Any = jnp.float32
+  remat: bool = False
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -56,13 +71,14 @@ class ResNetTrunk(nn.Module):
     if not 1 <= self.num_stages <= 4:
       raise ValueError(f"num_stages={self.num_stages} must be in 1..4")
     kind, blocks = RESNETS[self.name_]
-    x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=self.dtype, name="stem")(x)
-    x = nn.relu(_norm(train, self.dtype, "stem_bn")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
+    # static_argnums=(2,): `train` (after the module and x) stays a Python bool under remat.
+    stem = nn.remat(_stem, static_argnums=(2,)) if self.remat else _stem
+    block = nn.remat(ResidualBlock, static_argnums=(2,)) if self.remat else ResidualBlock
+    x = stem(self, x, train)
     for stage in range(self.num_stages):
       for b in range(blocks[stage]):
-        x = ResidualBlock(64 * 2 ** stage, 2 if b == 0 and stage > 0 else 1, kind, self.dtype,
-                          name=f"stage{stage}_block{b}")(x, train=train)
+        x = block(64 * 2 ** stage, 2 if b == 0 and stage > 0 else 1, kind, self.dtype,
+                  name=f"stage{stage}_block{b}")(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
