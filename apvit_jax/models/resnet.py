@@ -57,8 +57,8 @@ class ResNetTrunk(nn.Module):
 
   F = 64·2^(num_stages-1) for resnet18 (128 after 2 stages) and 4x that for resnet50. `remat` recomputes
   the stem's and each residual block's activations in the backward pass, keeping only their inputs: the
-  same values and gradients for less memory (IPS's gradient pass over B·M patches: 2.6 -> ~1 GiB for
-  Megapixel MNIST at batch 16, M = 100, bench/RESULTS.md)."""
+  same values and gradients for less memory (the Megapixel MNIST train step at batch 16, M = 100: 2.32 ->
+  1.19 GiB in XLA's estimate on a CPU, ~6 % more time there; bench/RESULTS.md)."""
   name_: str = "resnet18"
   num_stages: int = 4
   dtype: Any = jnp.float32
