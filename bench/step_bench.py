@@ -6,12 +6,13 @@ built-in digits, as it would from MNIST).
 Per workload: compile time (lower + compile), the median step time with the batch already on device,
 the host's time to make and ship a batch, the median step time as the trainer runs it (batch s+1 made in
 a background thread while step s runs), images/s (per replica: with config.num_seeds = K a step trains
-K replicas, see bench/seeds_bench.py), FLOPs per step from XLA's cost analysis, and MFU where
-the device's peak is known, and everywhere the achieved FLOP/s as a share of a measured large matmul in
-the workload's dtype (the practical compute roof; the only one on CPU). Memory: what XLA's buffer
+K replicas, see bench/seeds_bench.py), FLOPs per step from XLA's cost analysis (loop bodies the model
+family names counted for every iteration: loop_counted_flops), and MFU where the device's peak is known,
+and everywhere the achieved FLOP/s as a share of a measured large matmul in the workload's dtype (the
+practical compute roof; the only one on CPU). Memory: what XLA's buffer
 assignment needs for one step per device (arguments + outputs + temporaries - donated buffers), and on
-GPU/TPU the allocator's peak since the process started (run one workload per process for a
-per-workload peak).
+GPU/TPU the allocator's peak where this workload raised the process's peak (none otherwise: run one
+workload per process for its own peak).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import jax
 from apvit_jax.base_config import set_fields
 from apvit_jax.models import registry
 from apvit_jax.models.vit import attention_fallbacks
-from apvit_jax.training import feed, run as run_lib
+from apvit_jax.training import feed, replicas, run as run_lib
 from bench import common
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -105,11 +106,10 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
 
   device = jax.devices()[0]
   peak, _ = common.device_peaks(device)
-  flops = common.flops_of(compiled)
+  b = config.batch_size   # per replica; a step trains num_replicas of them
+  flops, counted = loop_counted_flops(run, compiled, b // par.num_local)
   flops = flops * par.num_local if flops and par.mode == "pmap" else flops  # pmap: per device
   params = sum(x.size for x in jax.tree.leaves(run.state.params))
-  b = config.batch_size   # per replica; a step trains num_replicas of them
-  scans = run.family.loops_in_step()
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
           "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
           "steps_per_call": k, "xla_memory_gib": common.compiled_memory_gib(compiled),
@@ -118,10 +118,23 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
           "replicas": run.num_replicas, "images_per_s": b / step_s, "loop_images_per_s": b / loop_s,
           "all_replicas_images_per_s": b * run.num_replicas / step_s,
           "tflop_per_step": flops / 1e12 if flops else None,
-          # XLA's cost analysis counts a loop body once (IPS's selection scan, scanned layers), so no MFU.
-          "mfu": flops / step_s / (peak * jax.device_count()) if flops and peak and not scans else None,
-          "flops_note": "lower bound: a loop body is counted once" if scans else "XLA cost analysis",
+          "mfu": flops / step_s / (peak * jax.device_count()) if flops and peak and counted else None,
+          "flops_note": "XLA cost analysis" if counted else "lower bound: a loop body is counted once",
           "attention": "; ".join(attention_fallbacks()) or "as configured"}
+
+
+def loop_counted_flops(run, compiled, program_batch: int) -> tuple[float | None, bool]:
+  """-> (FLOPs of one call of `compiled`, the run's train step, whether every loop in it is counted).
+  XLA's cost analysis counts a loop body once; the family names its loops (IPS: the selection scan over
+  chunks), whose bodies are compiled alone for `program_batch` images of one replica and counted again
+  for each further iteration. Where it cannot name them (scanned ViT blocks), the count is a lower bound."""
+  flops = common.flops_of(compiled)
+  one = replicas.select_state(run.state, 0) if run.num_replicas > 1 else run.state
+  loops = run.family.uncounted_loops(one.apply_fn, one.variables(), program_batch, run.dataset.image_shape)
+  body_flops = [common.flops_of(body) for _, body in loops or []]
+  if flops is None or loops is None or None in body_flops:
+    return flops, False
+  return flops + run.num_replicas * sum(n * f for (n, _), f in zip(loops, body_flops)), True
 
 
 def run(*, workloads, batch_size: int, warmup: int, repeats: int, extra: dict) -> list[dict]:

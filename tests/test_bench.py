@@ -30,6 +30,19 @@ def test_step_benchmark_builds_the_trainers_step_and_counts_flops():
 
 
 @pytest.mark.slow
+def test_ips_step_flops_count_every_chunk_of_the_selection():
+  """XLA's cost analysis counts the selection scan's body once; the benchmark adds its further
+  iterations. The same 56 patches after the first M = 8 scored in 7 chunks of 8 or in one chunk of 56
+  (no further iteration): the same FLOPs, but for the scores over 16 or 64 candidates (uncounted, the
+  7-chunk step would lose 6 chunks' ResNet forward, about half of its FLOPs)."""
+  tiny = {**peers_suite.TINY_IPS, "model.ips.memory": 8}
+  rows = [step_bench.time_workload("ips_megapixel_mnist", batch_size=8, warmup=0, repeats=1,
+                                   extra={**tiny, "model.ips.chunk": chunk}) for chunk in (8, 56)]
+  assert [r["flops_note"] for r in rows] == ["XLA cost analysis"] * 2
+  np.testing.assert_allclose(rows[0]["tflop_per_step"], rows[1]["tflop_per_step"], rtol=0.02)
+
+
+@pytest.mark.slow
 def test_host_benchmark_reads_the_same_batches_with_and_without_workers():
   """Both streamed workloads, in the training process and in 2 grain workers; the benchmark itself
   asserts that every row read the same batches (pixel checksums)."""

@@ -206,14 +206,8 @@ def select_eager(apply_fn: Callable, variables, patches, key, *, memory: int, ch
   if memory >= n:
     return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), (b, n))
   variables, patches = jax.lax.stop_gradient((variables, patches))
-  embed = lambda p: apply_fn(variables, p, train=False, method="embed")
-  score = lambda e, pos: apply_fn(variables, e, pos, method="scores")
+  step = _selection_step(apply_fn, variables, patches, memory)
   first, chunks, remainder = _chunks(shuffle_order(key, n), memory, chunk)
-
-  def step(carry, pos):
-    emb = embed(jnp.take(patches, pos, axis=1))
-    return _keep_top(score, carry, emb, jnp.broadcast_to(pos, (b, pos.shape[0])), memory), None
-
   # The memory starts empty and takes the first M patches as a chunk: its arrays then have the same
   # (data-dependent) type as the scan's carry, under jit, pmap and shard_map alike.
   mem, _ = step(None, first)
@@ -221,6 +215,34 @@ def select_eager(apply_fn: Callable, variables, patches, key, *, memory: int, ch
   if remainder.shape[0]:
     mem, _ = step(mem, remainder)
   return mem[1]
+
+
+def _selection_step(apply_fn: Callable, variables, patches, memory: int):
+  """select_eager's scan body: (memory (embeddings (B, M, D), positions (B, M)) or None, chunk positions
+  (I,)) -> (the new memory, None); the chunk's patches embedded in inference mode."""
+  b = patches.shape[0]
+  embed = lambda p: apply_fn(variables, p, train=False, method="embed")
+  score = lambda e, pos: apply_fn(variables, e, pos, method="scores")
+
+  def step(carry, pos):
+    emb = embed(jnp.take(patches, pos, axis=1))
+    return _keep_top(score, carry, emb, jnp.broadcast_to(pos, (b, pos.shape[0])), memory), None
+  return step
+
+
+def compiled_selection_body(apply_fn: Callable, variables, patches_shape, *, memory: int, chunk: int):
+  """-> (iterations of select_eager's scan for patches of patches_shape (B, N, P, P, C), its body
+  compiled alone), or (0, None) where nothing is scanned; nothing computed on data. A compiled step's
+  cost analysis counts a loop body once, so it leaves out (iterations - 1) x this body's FLOPs."""
+  b, n = patches_shape[:2]
+  if memory >= n or (n - memory) // chunk == 0:
+    return 0, None
+  patches = jax.ShapeDtypeStruct(tuple(patches_shape), jnp.float32)
+  positions = lambda k: jax.ShapeDtypeStruct((k,), jnp.int32)
+  carry = jax.eval_shape(lambda v, p, pos: _selection_step(apply_fn, v, p, memory)(None, pos)[0],
+                         variables, patches, positions(memory))
+  body = lambda v, p, c, pos: _selection_step(apply_fn, v, p, memory)(c, pos)[0]
+  return (n - memory) // chunk, jax.jit(body).lower(variables, patches, carry, positions(chunk)).compile()
 
 
 def select_eager_sequential(apply_fn: Callable, variables, patches, key, *, memory: int, chunk: int):

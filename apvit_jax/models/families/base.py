@@ -58,9 +58,12 @@ class Family:
     host before each batch is sharded (IPS lazy loading). Built once per run."""
     return None
 
-  def loops_in_step(self) -> bool:
-    """Whether the compiled step runs a loop (XLA's cost analysis then counts its body once)."""
-    return False
+  def uncounted_loops(self, apply_fn, variables, batch: int, image_shape) -> list | None:
+    """The loops of the train step whose bodies XLA's cost analysis counts once: [(iterations beyond the
+    first, the body compiled alone)] for a program of `batch` images of one replica (apply_fn and
+    variables: that replica's); [] where the step has none, None where they cannot be counted here (the
+    step's FLOP count is then a lower bound)."""
+    return []
 
   def description(self) -> str:
     """One line for the run summary."""

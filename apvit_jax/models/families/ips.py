@@ -86,8 +86,19 @@ class IPSFamily(Family):
   def host_inputs(self, model, device):
     return HostSelection(self, model, device) if self.model_cfg.ips.loading == "lazy" else None
 
-  def loops_in_step(self) -> bool:
-    return True   # the selection scan
+  def uncounted_loops(self, apply_fn, variables, batch: int, image_shape) -> list | None:
+    """The eager selection's scan over chunks; lazy loading selects outside the step (no loop in it);
+    eager_sequential's scans inside a map over images are not counted here."""
+    c = self.model_cfg.ips
+    if c.loading == "lazy":
+      return []
+    if c.loading != "eager":
+      return None
+    gh, gw = ips.patch_grid(image_shape[:2], c.patch_size, c.patch_stride)
+    iterations, body = ips.compiled_selection_body(
+        apply_fn, variables, (batch, gh * gw, c.patch_size, c.patch_size, image_shape[-1]),
+        memory=c.memory, chunk=c.chunk)
+    return [(iterations - 1, body)] if iterations > 1 else []
 
   def description(self) -> str:
     i = self.model_cfg.ips

@@ -71,8 +71,8 @@ class ViTFamily(Family):
       return ViT(num_classes=num_classes, **vit_kwargs)
     return adaptive_vit(num_classes, vit_kwargs, m.adaptive.to_dict())
 
-  def loops_in_step(self) -> bool:
-    return self.model_cfg.scan_layers
+  def uncounted_loops(self, apply_fn, variables, batch: int, image_shape) -> list | None:
+    return None if self.model_cfg.scan_layers else []   # scanned blocks: not counted here
 
   def model_inputs(self, state, data, batch, key, *, train: bool):
     """-> ((images (b, H, W, C) float, augmented when training and normalised,), labels (b,))."""
