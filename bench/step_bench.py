@@ -67,7 +67,8 @@ def workload_config(name: str, batch_size: int, steps: int, extra: dict):
 
 def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
   config = workload_config(name, batch_size, warmup + repeats, extra)
-  peak_before = common.runtime_peak_gib(jax.devices()[0])
+  device = jax.devices()[0]
+  peak_before = common.runtime_peak_gib(device)
   run = run_lib.setup(config)
   if run.host_inputs:
     raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
@@ -104,7 +105,6 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   batches.close()
   loop_s = sorted(times[warmup:])[len(times[warmup:]) // 2]
 
-  device = jax.devices()[0]
   peak, _ = common.device_peaks(device)
   b = config.batch_size   # per replica; a step trains num_replicas of them
   flops, counted = loop_counted_flops(run, compiled, b // par.num_local)

@@ -234,7 +234,7 @@ def compiled_selection_body(apply_fn: Callable, variables, patches_shape, *, mem
   """-> (iterations of select_eager's scan for patches of patches_shape (B, N, P, P, C), its body
   compiled alone), or (0, None) where nothing is scanned; nothing computed on data. A compiled step's
   cost analysis counts a loop body once, so it leaves out (iterations - 1) x this body's FLOPs."""
-  b, n = patches_shape[:2]
+  n = patches_shape[1]
   if memory >= n or (n - memory) // chunk == 0:
     return 0, None
   patches = jax.ShapeDtypeStruct(tuple(patches_shape), jnp.float32)

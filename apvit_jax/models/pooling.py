@@ -27,11 +27,6 @@ def _strided_windows(padded, window: int, stride: int, out_hw: tuple[int, int]):
           for i in range(window) for j in range(window)]
 
 
-def _pad_input(x, window: int, stride: int, padding: int):
-  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
-  return padded, tuple((n - window) // stride + 1 for n in padded.shape[1:3])
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def max_pool(x, window: int, stride: int, padding: int = 0):
   """Max over window x window patches every `stride` pixels, the input padded by `padding` pixels that
@@ -53,7 +48,8 @@ def _forward(x, window, stride, padding):
 
 def _backward(window, stride, padding, residuals, cotangent):
   x, out = residuals
-  padded, out_hw = _pad_input(x, window, stride, padding)
+  padded = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)), constant_values=-jnp.inf)
+  out_hw = out.shape[1:3]
   claimed = jnp.zeros(out.shape, bool)
   grad = jnp.zeros(padded.shape, cotangent.dtype)
   zero = jnp.zeros((), cotangent.dtype)
