@@ -25,6 +25,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.steps_per_call = 1         # > 1: that many train steps in one compiled call (a lax.scan; fewer
                                # dispatches for short steps); calls stop at epoch ends, SIGTERM is
                                # answered between calls
+  c.donate_state = "auto"      # the train step writes the new state over the old one's memory: "true",
+                               # "false", or "auto": true on GPU/TPU (device memory), false on CPU, where
+                               # XLA then copies every parameter and moment each step (6-9 % of a ViT step,
+                               # bench/RESULTS.md) and memory is plentiful
   c.skip_nonfinite_steps = False  # True: a step with a NaN/inf loss or gradient changes nothing (counted
                                  # as "skipped" in the logs); False: the run stops with the step named
   c.init_from = ""             # a vision_transformer-style .npz: start from its weights (new runs only)

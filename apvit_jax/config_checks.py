@@ -93,6 +93,8 @@ RULES = {
     "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
     "distributed": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
         f"must be 'auto', 'true' or 'false', got {v!r}"),
+    "donate_state": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
+        f"must be 'auto', 'true' or 'false', got {v!r}"),
     "batch_size": count,
     "num_epochs": real(0.0, HUGE),
     "total_steps": size_or_zero,

@@ -8,11 +8,13 @@
   python -m bench.run --suite=gpu --only=apvit_cifar10 --out=DIR2   # only the jobs with these words in their names
   python -m bench.run --suite=seeds --num_seeds=1,2,4,8 --json=...   # K seeds in one step (num_seeds)
   python -m bench.run --suite=host --workers=0,1,2 --json=...   # streamed host batches/s, grain workers
+  python -m bench.run --suite=profile --workloads=dps_vit_cifar10 --json=...   # where a step's time goes
 
 Suites: `sampler` (bench/sampler_bench.py), `steps` (bench/step_bench.py) and `seeds`
 (bench/seeds_bench.py: dps_vit_cifar10, or the first of --workloads, at each --num_seeds) and `host`
-(bench/host_bench.py: streamed batches made in the training process or in grain workers) print a
-Markdown table and write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch
+(bench/host_bench.py: streamed batches made in the training process or in grain workers) and `profile`
+(bench/profile_step.py: a workload's step traced, its operations' time by kind and by instruction) print
+Markdown tables and write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch
 peers in the same process and write DIR/results.json and DIR/results.md. Timings are medians after
 warm-up; no test asserts any.
 """
@@ -22,11 +24,12 @@ import sys
 
 from absl import app, flags, logging
 
-from bench import common, host_bench, peers_suite, sampler_bench, seeds_bench, step_bench
+from bench import common, host_bench, peers_suite, profile_step, sampler_bench, seeds_bench, step_bench
 
-flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", *peers_suite.PRESETS],
-                  "Which benchmarks to run: sampler, steps, all (both), or ours vs the PyTorch peers at the "
-                  "sizes of the GPU or the CPU speed issue (gpu, cpu).")
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", "profile", *peers_suite.PRESETS],
+                  "Which benchmarks to run: sampler, steps, all (both), seeds, host, profile (where each of "
+                  "--workloads spends its step), or ours vs the PyTorch peers at the sizes of the GPU or the CPU "
+                  "speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
 flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name, "
                   "or with one of these whole names (e.g. --only=sampler,apvit_cifar10: the sampler sizes and "
@@ -46,6 +49,9 @@ flags.DEFINE_integer("repeats", 20, "Timed calls; the median is reported.", lowe
 flags.DEFINE_multi_string("set", [], "FIELD=VALUE config override for every step workload (Python "
                           "literal or string), e.g. --set=model.dtype=float32 --set=parallel=shard_map.")
 flags.DEFINE_string("json", None, "Write the results (and the machine) to this file.")
+flags.DEFINE_string("trace_dir", None, "profile suite: keep each workload's jax.profiler trace in DIR/WORKLOAD "
+                    "(Perfetto or TensorBoard can open it); by default it is read and deleted.")
+flags.DEFINE_integer("top", 25, "profile suite: how many of the costliest instructions to list.", lower_bound=1)
 
 
 def _parse_overrides(items) -> dict:
@@ -101,6 +107,12 @@ def main(argv):
   if f.suite == "host":
     print(f"data.workers=-1 (auto) resolves to {host_bench.auto_workers()} worker processes here")
     result["host"] = host_bench.run(workers=[int(w) for w in f.workers], num_batches=f.num_batches)
+  if f.suite == "profile":
+    if not f["workloads"].present:
+      raise app.UsageError("--suite=profile: name the workloads to profile, e.g. --workloads=dps_vit_cifar10")
+    result["profile"] = profile_step.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
+                                         repeats=f.repeats, extra=_parse_overrides(f.set), trace_dir=f.trace_dir,
+                                         top=f.top)
   if f.suite in ("all", "steps"):
     result["steps"] = step_bench.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
                                      repeats=f.repeats, extra=_parse_overrides(f.set))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import pathlib
 import time
+from typing import Any, NamedTuple
 
 import jax
 
@@ -65,25 +66,44 @@ def workload_config(name: str, batch_size: int, steps: int, extra: dict):
   return config
 
 
-def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
-  config = workload_config(name, batch_size, warmup + repeats, extra)
-  device = jax.devices()[0]
-  peak_before = common.runtime_peak_gib(device)
+class BuiltStep(NamedTuple):
+  """A workload's train step as the trainer builds it, compiled, with what one call takes."""
+  config: Any
+  run: Any          # run_lib.Run
+  state: Any        # replicated over the run's devices
+  data: Any         # device-resident data (feed.device_data)
+  make_batch: Any   # step -> the batch of that call
+  key: Any
+  compiled: Any     # (state, data, batch, key) -> (state, metrics)
+  compile_s: float
+  steps_per_call: int
+
+
+def build_step(name: str, *, batch_size: int, steps: int, extra: dict) -> BuiltStep:
+  """Sets up workload `name` (a config of WORKLOADS with `extra` overrides) and compiles its train step for
+  `steps` timed calls; refuses host-side selection (IPS lazy loading), which is not one device program."""
+  config = workload_config(name, batch_size, steps, extra)
   run = run_lib.setup(config)
   if run.host_inputs:
     raise ValueError(f"{name}: the benchmark times on-device selection; use model.ips.loading=eager")
-  par = run.par
-  state = par.replicate(run.state)
-  data = feed.device_data(par, run.dataset.train)
+  state = run.par.replicate(run.state)
+  data = feed.device_data(run.par, run.dataset.train)
   k = config.steps_per_call   # > 1: a call runs k steps (a lax.scan); times are per step (call / k)
   step_fn = run_lib.compile_train_step(run, k)
   make_batch = feed.train_batch_maker(run, steps_per_call=k)
   key = run_lib.train_key(run)   # (K,) keys with config.num_seeds = K > 1
-  batch = make_batch(0)
-
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, data, batch, key).compile()
-  compile_s = time.perf_counter() - t0
+  compiled = step_fn.lower(state, data, make_batch(0), key).compile()
+  return BuiltStep(config, run, state, data, make_batch, key, compiled, time.perf_counter() - t0, k)
+
+
+def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
+  device = jax.devices()[0]
+  peak_before = common.runtime_peak_gib(device)
+  built = build_step(name, batch_size=batch_size, steps=warmup + repeats, extra=extra)
+  config, run, compiled, k = built.config, built.run, built.compiled, built.steps_per_call
+  data, key, make_batch, par = built.data, built.key, built.make_batch, built.run.par
+  state, batch = built.state, make_batch(0)
 
   def step(batch):
     nonlocal state
@@ -111,7 +131,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   flops = flops * par.num_local if flops and par.mode == "pmap" else flops  # pmap: per device
   params = sum(x.size for x in jax.tree.leaves(run.state.params))
   return {"workload": name, "config": WORKLOADS[name][0], "batch": b, "image": "x".join(map(str, run.dataset.image_shape)),
-          "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": compile_s,
+          "dtype": registry.compute_dtype(config.model.dtype), "params": params, "compile_s": built.compile_s,
           "steps_per_call": k, "xla_memory_gib": common.compiled_memory_gib(compiled),
           "peak_gib": common.runtime_peak_gib(device, since=peak_before),   # None: an earlier workload's
           "step_ms": step_s * 1e3, "batch_ms": batch_s * 1e3, "loop_step_ms": loop_s * 1e3,

@@ -132,6 +132,16 @@ def train_key(run: Run):
   return _seed_keys(run.seeds, 1)
 
 
+def donates_state(config) -> bool:
+  """config.donate_state -> whether the train step donates the state it is given (its buffers then hold
+  the new state): "auto" donates on GPU/TPU, where device memory is what limits a run, and not on CPU,
+  where XLA:CPU copies every donated parameter and optimizer moment at the start of the step (the
+  in-place update of a moment is read by two fusions) and a step of std_vit_cifar10 or dps_vit_cifar10 is 6-9 % faster
+  without (bench/RESULTS.md)."""
+  value = str(config.donate_state).lower()
+  return value == "true" or (value == "auto" and jax.default_backend() != "cpu")
+
+
 def compile_train_step(run: Run, steps: int = 1):
   """The compiled train step of this run: (state, data, batch, train_key) -> (state, metrics), as
   train.py, the benchmarks and the tests run it. steps > 1: that many steps per call (config.steps_per_call;
@@ -143,7 +153,7 @@ def compile_train_step(run: Run, steps: int = 1):
     step = replicas.vmap_train_step(step, run.state)
   if steps > 1:
     step = step_lib.repeat_steps(step, steps)
-  return run.par.compile(step, num_args=4, broadcast_last=True)
+  return run.par.compile(step, num_args=4, broadcast_last=True, donate_first=donates_state(c))
 
 
 def compile_eval_step(run: Run, confusion: bool = False):
@@ -230,7 +240,8 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
   warning = augment.floor_stack_warning(run.config.augment)
   return [
       f"devices: {par.num_devices} ({jax.devices()[0].platform}, {jax.process_count()} host(s)), "
-      f"parallel={par.mode}",
+      f"parallel={par.mode}, train state {'donated' if donates_state(run.config) else 'not donated'} "
+      f"(donate_state={run.config.donate_state})",
       f"batch: global {run.config.batch_size}, per device {run.per_device_batch}" + (
           f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step" if k > 1 else ""),
       f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
