@@ -13,7 +13,8 @@ Initialisation as the authors' code: query tokens uniform on ±sqrt(1/d_k), Batc
 Published: the IPS paper's reproduction reaches 99.1 % on the majority task at 150 epochs. Accuracy not
 yet measured here (no GPU has been lent to this project's IPS work). Measured speed (at M = 100): 20.7 and 23.2 s
 per step (two runs) at batch 8 on 2 CPU cores (`python -m bench.run --suite=steps --workloads=ips_megapixel_mnist --batch_size=8`).
-Memory of the train step at batch 16, XLA's estimate on a CPU (GPU runtime peaks not measured yet): 0.70 GiB
+Memory of the train step at batch 16, XLA's estimate on a CPU with the state donated as on a GPU (GPU runtime
+peaks not measured yet): 0.70 GiB
 at M = 5 (the selection pass's forward over 16·(M + I) patches bounds it), 2.32 GiB at M = 100, 1.19 GiB at
 M = 100 with --config.model.remat=True (the ResNet's activations recomputed: ~6 % slower on CPU). The authors'
 code at M = I = 100 peaks at 1.87 GiB on an H100 (the speed issue's figure).
