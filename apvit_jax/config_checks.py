@@ -54,6 +54,11 @@ def boolean(v):
   return None if isinstance(v, bool) else f"must be True or False, got {v!r}"
 
 
+def auto_true_false(v):
+  """A switch that "auto" resolves where it is used (by backend, by environment); any letter case."""
+  return None if str(v).lower() in ("auto", "true", "false") else f"must be 'auto', 'true' or 'false', got {v!r}"
+
+
 def text(nonempty: bool = False):
   def check(v):
     if not isinstance(v, str):
@@ -91,10 +96,8 @@ RULES = {
     "seed": integer(0, 2 ** 31 - 1),
     "num_seeds": integer(1, 4096),
     "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
-    "distributed": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
-        f"must be 'auto', 'true' or 'false', got {v!r}"),
-    "donate_state": lambda v: None if str(v).lower() in ("auto", "true", "false") else (
-        f"must be 'auto', 'true' or 'false', got {v!r}"),
+    "distributed": auto_true_false,
+    "donate_state": auto_true_false,
     "batch_size": count,
     "num_epochs": real(0.0, HUGE),
     "total_steps": size_or_zero,

@@ -9,8 +9,9 @@ YNNPACK/XNNPACK fusions of them), fused attention kernels, collectives, scatter/
 copy/transpose (a fusion whose result is a copy or transpose: layout changes), reduce, random bits, and
 element-wise/other. Loops and calls (while, conditional, call) are left out: their time is their body's
 operations, counted themselves. Times are per train step and device (each device of a data-parallel step
-runs the whole program), summed over the threads or streams that ran them: where operations overlap (XLA:CPU runs independent ones on its threads at once) their sum exceeds
-the step's wall time, which is reported beside it (median of untraced calls).
+runs the whole program), summed over the threads or streams that ran them: where operations overlap
+(XLA:CPU runs independent ones on its threads at once) their sum exceeds the step's wall time, which is
+reported beside it (median of untraced calls).
 
   python -m bench.run --suite=profile --workloads=std_vit_cifar10 --batch_size=64 \\
       --set=model.dtype=float32 --json=profile.json [--trace_dir=DIR: keep the trace for Perfetto / TensorBoard]
@@ -177,7 +178,8 @@ def summarize(events, program: Program, steps: int, *, top: int = 25) -> dict:
     if kind is not None:
       by_category[kind] += us
       counted[op] = kind
-  per_step = steps * max(1, len(devices))   # each device runs the whole program (pmap, shard_map)
+  num_devices = max(1, len(devices))   # each device runs the whole program (pmap, shard_map)
+  per_step = steps * num_devices
   ms = lambda us: us / 1e3 / per_step
   total = sum(by_category.values())
   ops = sorted(counted, key=lambda op: -per_op[op])
@@ -189,7 +191,7 @@ def summarize(events, program: Program, steps: int, *, top: int = 25) -> dict:
            "costliest": f"{costliest[kind]} {_short(program.instructions[costliest[kind]].shape)} "
                         f"{ms(per_op[costliest[kind]]):.3f} ms"}
           for kind in CATEGORIES if by_category[kind]]
-  return {"op_ms": ms(total), "devices": max(1, len(devices)), "categories": rows,
+  return {"op_ms": ms(total), "devices": num_devices, "categories": rows,
           "top": [{"instruction": op, "category": counted[op], "ms": ms(per_op[op]), "calls": calls[op] / per_step,
                    "shape": _short(program.instructions[op].shape)} for op in ops[:top]],
           "unmatched_ms": ms(sum(unmatched.values())),
@@ -197,9 +199,9 @@ def summarize(events, program: Program, steps: int, *, top: int = 25) -> dict:
 
 
 def trace_events(directory: pathlib.Path) -> list[dict]:
-  """The events of the newest trace jax.profiler wrote under `directory`."""
-  files = sorted(directory.glob("plugins/profile/*/*.trace.json.gz")) or sorted(
-      directory.glob("plugins/profile/*/perfetto_trace.json.gz"))
+  """The events of the newest trace jax.profiler wrote under `directory` (HOST.trace.json.gz, the trace
+  viewer's JSON, written beside the XPlane file)."""
+  files = sorted(directory.glob("plugins/profile/*/*.trace.json.gz"))
   if not files:
     raise FileNotFoundError(f"jax.profiler wrote no trace under {directory}")
   data = json.loads(gzip.open(files[-1]).read())
@@ -221,7 +223,7 @@ def profile_workload(name: str, *, batch_size: int, warmup: int, repeats: int, e
   step_ms = common.median_seconds(call, warmup=warmup, repeats=repeats) / k * 1e3
   with tempfile.TemporaryDirectory() as scratch:
     folder = pathlib.Path(trace_dir or scratch)
-    jax.profiler.start_trace(str(folder), create_perfetto_trace=True)
+    jax.profiler.start_trace(str(folder))
     try:
       for _ in range(repeats):
         call()

@@ -2,13 +2,14 @@
 
 XLA (CPU and GPU alike) rewrites the gradient of a max-pool (`lax.reduce_window` max, flax `nn.max_pool`)
 into a reduce-window over (value, index) pairs and a scatter, with int32 index arrays of the padded input's
-size: for IPS's ResNet stem over 1,600 patches of 50² (25² x 64 maps) that is several 285 MiB buffers in
-the train step. Used there and by the localisation networks' 2x2 pools. Here a k x k window with stride s is the maximum of its k² strided slices, and the gradient
-goes back through the same slices: for each window offset in row-major order, the outputs whose maximum
-sits there and was not already claimed by an earlier offset, padded back into place (an interior pad, a
-dense copy). So the cotangent reaches the first maximum of each window, as XLA's select-and-scatter sends
-it: values are flax's `nn.max_pool` (the same reduce-window) and gradients equal flax's up to the order of
-additions where windows overlap (tests/test_pooling.py, ties included).
+size: for IPS's ResNet stem over 1,600 patches of 50² (25² x 64 maps) that is several 285 MiB buffers in the
+train step. Used there and by the localisation networks' 2x2 pools. Here a k x k window with stride s is the
+maximum of its k² strided slices, and the gradient goes back through the same slices: for each window offset
+in row-major order, the outputs whose maximum sits there and was not already claimed by an earlier offset,
+padded back into place (an interior pad, a dense copy). So the cotangent reaches the first maximum of each
+window, as XLA's select-and-scatter sends it: values are flax's `nn.max_pool` (the same reduce-window) and
+gradients equal flax's up to the order of additions where windows overlap (tests/test_pooling.py, ties
+included).
 """
 from __future__ import annotations
 

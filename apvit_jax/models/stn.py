@@ -65,8 +65,8 @@ class LocalisationNet(nn.Module):
                                     kernel_init=nn.initializers.kaiming_normal())
     attend = lambda x, name: ChannelSelfAttention(self.attn_width, self.attn_heads, self.dropout,
                                                   self.dtype, self.attention_impl, name=name)(x, train=train)
-    # nn.max_pool's values; its gradient without the index arrays XLA builds for a max-pool's (the DPS-ViT
-    # step 2 % faster on a CPU, bench/RESULTS.md).
+    # nn.max_pool's values; a gradient without the index arrays XLA builds for a max-pool's gradient
+    # (DPS-ViT's step ~2 % faster on a CPU, bench/RESULTS.md).
     pool = lambda x: pooling.max_pool(x, 2, 2)
     x = nn.relu(conv(self.hidden, "conv1")(images))
     if self.kind == "dps":

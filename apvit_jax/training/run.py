@@ -136,8 +136,8 @@ def donates_state(config) -> bool:
   """config.donate_state -> whether the train step donates the state it is given (its buffers then hold
   the new state): "auto" donates on GPU/TPU, where device memory is what limits a run, and not on CPU,
   where XLA:CPU copies every donated parameter and optimizer moment at the start of the step (the
-  in-place update of a moment is read by two fusions) and a step of std_vit_cifar10 or dps_vit_cifar10 is 6-9 % faster
-  without (bench/RESULTS.md)."""
+  in-place update of a moment is read by two fusions) and a step of std_vit_cifar10 or dps_vit_cifar10 is
+  6-9 % faster without (bench/RESULTS.md)."""
   value = str(config.donate_state).lower()
   return value == "true" or (value == "auto" and jax.default_backend() != "cpu")
 
