@@ -25,7 +25,6 @@ import json
 import pathlib
 import re
 import tempfile
-import time
 
 import jax
 

@@ -12,7 +12,6 @@ import sys
 import time
 
 import chex
-import jax
 import pytest
 
 from apvit_jax.base_config import set_fields

@@ -153,7 +153,7 @@ def test_import_errors(tmp_path):
 
 def test_config_init_from(tmp_path):
   """config.init_from: checked before compilation, then a new run starts from the .npz weights."""
-  from apvit_jax.training import loop, run as run_lib
+  from apvit_jax.training import run as run_lib
   from test_training import tiny_config
   overrides = {"model.variant": f"mu/{PATCH}", "model.width": WIDTH, "model.depth": DEPTH,
                "model.num_heads": HEADS}

@@ -2,7 +2,7 @@
 global average pool) and a projector for pre-extracted features. NHWC."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax.numpy as jnp
