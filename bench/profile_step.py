@@ -212,7 +212,7 @@ def profile_workload(name: str, *, batch_size: int, warmup: int, repeats: int, e
   """Builds and compiles workload `name`'s train step, times `repeats` untraced calls (median), then traces
   `repeats` more -> {workload, step_ms, op_ms, categories, top, unmatched...} (per step)."""
   built = step_bench.build_step(name, batch_size=batch_size, steps=warmup + repeats, extra=extra)
-  state, batch, k = built.state, built.make_batch(0), built.steps_per_call
+  state, batch, k = built.state, built.batch, built.steps_per_call
 
   def call():
     nonlocal state

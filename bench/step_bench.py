@@ -73,6 +73,7 @@ class BuiltStep(NamedTuple):
   state: Any        # replicated over the run's devices
   data: Any         # device-resident data (feed.device_data)
   make_batch: Any   # step -> the batch of that call
+  batch: Any        # make_batch(0): the batch the step was compiled for
   key: Any
   compiled: Any     # (state, data, batch, key) -> (state, metrics)
   compile_s: float
@@ -92,9 +93,10 @@ def build_step(name: str, *, batch_size: int, steps: int, extra: dict) -> BuiltS
   step_fn = run_lib.compile_train_step(run, k)
   make_batch = feed.train_batch_maker(run, steps_per_call=k)
   key = run_lib.train_key(run)   # (K,) keys with config.num_seeds = K > 1
+  batch = make_batch(0)
   t0 = time.perf_counter()
-  compiled = step_fn.lower(state, data, make_batch(0), key).compile()
-  return BuiltStep(config, run, state, data, make_batch, key, compiled, time.perf_counter() - t0, k)
+  compiled = step_fn.lower(state, data, batch, key).compile()
+  return BuiltStep(config, run, state, data, make_batch, batch, key, compiled, time.perf_counter() - t0, k)
 
 
 def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extra: dict) -> dict:
@@ -103,7 +105,7 @@ def time_workload(name: str, *, batch_size: int, warmup: int, repeats: int, extr
   built = build_step(name, batch_size=batch_size, steps=warmup + repeats, extra=extra)
   config, run, compiled, k = built.config, built.run, built.compiled, built.steps_per_call
   data, key, make_batch, par = built.data, built.key, built.make_batch, built.run.par
-  state, batch = built.state, make_batch(0)
+  state, batch = built.state, built.batch
 
   def step(batch):
     nonlocal state
