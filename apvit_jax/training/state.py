@@ -138,10 +138,11 @@ def init_compiler_options() -> dict:
   """XLA options for the program that initialises the variables, which runs once: on a CPU, compiling it
   at XLA's default backend optimisation level (a random sampler per variable, all optimised by LLVM) is
   much of a run's start-up. Level 1 gives the same values bit for bit as the default, 3
-  (tests/test_training.py; 2 agreed too when measured, level 0 differs by up to 4 ulp) and compiles faster. Compile + run on 2 cores, default
-  -> level 1, s: quickstart 2.9 -> 2.0, IPS Megapixel MNIST 5.3 -> 1.6, vit_cifar10 (21 M parameters)
-  7.0-8.2 -> 6.1-6.5, apvit_cifar10 11.4 -> 10.1, ViT-B/16 at 224² 10.4-10.6 -> 8.8. Other backends, or an
-  optimisation level set in XLA_FLAGS (the tests set 0), keep XLA's choice: {}."""
+  (tests/test_training.py; 2 agreed too when measured, level 0 differs by up to 4 ulp) and compiles
+  faster. Compile + run on 2 cores, default -> level 1, s: quickstart 2.9 -> 2.0, IPS Megapixel MNIST
+  5.3 -> 1.6, vit_cifar10 (21 M parameters) 7.0-8.2 -> 6.1-6.5, apvit_cifar10 11.4 -> 10.1, ViT-B/16 at
+  224² 10.4-10.6 -> 8.8. Other backends, or an optimisation level set in XLA_FLAGS (the tests set 0), keep
+  XLA's choice: {}."""
   if jax.default_backend() != "cpu" or "xla_backend_optimization_level" in os.environ.get("XLA_FLAGS", ""):
     return {}
   return {"xla_backend_optimization_level": 1}
