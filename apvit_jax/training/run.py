@@ -4,6 +4,7 @@ the fresh state), and the compiled steps. The config is read, never written: wha
 data (the class count, the tasks) travels on the Run."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import pathlib
@@ -16,7 +17,8 @@ from apvit_jax.data import augment, host_pipeline, sources
 from apvit_jax.models.families.base import Family
 from apvit_jax.models import pretrained, registry
 from apvit_jax.training import checkpoint as ckpt_lib
-from apvit_jax.training import compilation_cache, parallel, replicas, state as state_lib, step as step_lib
+from apvit_jax.training import compilation_cache, parallel, replicas, shared_programs, state as state_lib
+from apvit_jax.training import step as step_lib
 
 
 @dataclasses.dataclass
@@ -34,6 +36,7 @@ class Run:
   total_steps: int
   per_device_batch: int
   seeds: tuple               # (config.seed,), or one per replica with config.num_seeds > 1
+  program_key: tuple | None = None   # runs with equal keys share compiled steps (shared_programs.py)
 
   @property
   def num_replicas(self) -> int:
@@ -76,17 +79,29 @@ def setup(config, *, for_training: bool = True, resuming: bool = False, devices=
     raise ConfigError("nothing to train: set num_epochs or total_steps > 0")
   if for_training and not resuming and config.init_from:
     check_init_from(config.init_from)
-  model = family.build(dataset.num_classes, tasks)
+  # Equal runs of this process share the model, optimizer and so every program (shared_programs.py).
+  program_key = (shared_programs.config_key(config), dataset.name, tuple(dataset.image_shape), tasks,
+                 dataset.num_classes, steps_per_epoch, total_steps, par.mode, par.num_devices,
+                 tuple(par.local_devices), jax.default_backend())   # the backend resolves "auto" fields
+  family, model, schedule, tx = shared_programs.get(
+      ("run", program_key), lambda: _build(config, dataset.num_classes, tasks, total_steps, steps_per_epoch))
   if config.steps_per_call > 1:
     check_steps_per_call(config.steps_per_call, steps_per_epoch,
                          family.host_inputs(model, par.local_devices[0]) is not None)
-  schedule = state_lib.learning_rate_schedule(config.optim, max(total_steps, 1), steps_per_epoch)
-  tx = state_lib.make_optimizer(config.optim, schedule)
   # A checkpoint will provide the values: the state's shapes are enough (no initialisation program).
   initialise = state_lib.state_shapes if resuming or not for_training else state_lib.create_state
   state = _initial_state(initialise, model, tx, seeds, dataset, family)
   return Run(config, dataset, par, family, tasks, model, schedule, state, steps_per_epoch, total_steps,
-             per_device, seeds)
+             per_device, seeds, program_key)
+
+
+def _build(config, num_classes: int, tasks, total_steps: int, steps_per_epoch: int):
+  """-> (family, model, schedule, optimizer), from a copy of the config: shared objects must not change
+  when the caller edits its config afterwards."""
+  c = copy.deepcopy(config)
+  family = registry.family(c.model, c.augment)
+  schedule = state_lib.learning_rate_schedule(c.optim, max(total_steps, 1), steps_per_epoch)
+  return family, family.build(num_classes, tasks), schedule, state_lib.make_optimizer(c.optim, schedule)
 
 
 def _initial_state(initialise, model, tx, seeds, dataset, family) -> state_lib.TrainState:
@@ -147,21 +162,35 @@ def compile_train_step(run: Run, steps: int = 1):
   train.py, the benchmarks and the tests run it. steps > 1: that many steps per call (config.steps_per_call;
   batch leaves (b, steps, ...), metrics (steps, ...): step.repeat_steps)."""
   c = run.config
-  step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
-                                  label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
-  if run.num_replicas > 1:
-    step = replicas.vmap_train_step(step, run.state)
-  if steps > 1:
-    step = step_lib.repeat_steps(step, steps)
-  return run.par.compile(step, num_args=4, broadcast_last=True, donate_first=donates_state(c))
+
+  def build():
+    step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
+                                    label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
+    if run.num_replicas > 1:
+      step = replicas.vmap_train_step(step, run.state)
+    if steps > 1:
+      step = step_lib.repeat_steps(step, steps)
+    return run.par.compile(step, num_args=4, broadcast_last=True, donate_first=donates_state(c))
+  return _shared_step(run, ("train", steps), build)
 
 
 def compile_eval_step(run: Run, confusion: bool = False):
   """(state, data, batch) -> summed loss, correct and count (and the confusion matrix)."""
-  step = step_lib.make_eval_step(run.family.model_inputs, run.tasks, confusion)
-  if run.num_replicas > 1:
-    step = replicas.vmap_eval_step(step, run.state)
-  return run.par.compile(step, num_args=3, donate_first=False)
+  def build():
+    step = step_lib.make_eval_step(run.family.model_inputs, run.tasks, confusion)
+    if run.num_replicas > 1:
+      step = replicas.vmap_eval_step(step, run.state)
+    return run.par.compile(step, num_args=3, donate_first=False)
+  return _shared_step(run, ("eval", confusion), build)
+
+
+def _shared_step(run: Run, what: tuple, build):
+  """build(), or the step an equal run of this process built: same program key, replica count and state
+  structure (a state's structure holds its apply_fn and optimizer)."""
+  if run.program_key is None:
+    return build()
+  return shared_programs.get(("step", run.program_key, what, run.num_replicas, jax.tree.structure(run.state)),
+                             build)
 
 
 def pretrained_state(run: Run, path) -> state_lib.TrainState:

@@ -7,8 +7,11 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.training import train_state
+
+from apvit_jax.training import shared_programs
 
 
 class TrainState(train_state.TrainState):
@@ -102,16 +105,28 @@ def create_state(model, tx, key: jax.Array, image_shape, init_inputs=None) -> Tr
   key: one key -> one state; or keys (K,) -> K replicas stacked on a leading axis of every array
   (parameters, optimizer state, batch statistics; training/replicas.py), replica k initialised exactly
   as one state from keys[k]. The step counter is a shared scalar either way."""
-  init = _init_function(model, tx, key, image_shape, init_inputs)
-  lowered = jax.jit(init).lower(key)
-  return _train_state(model, tx, *lowered.compile(compiler_options=init_compiler_options())(key))
+  options = init_compiler_options()
+  compiled = shared_programs.get(
+      ("init", _init_key(model, tx, key, image_shape, init_inputs), tuple(sorted(options.items()))),
+      lambda: jax.jit(_init_function(model, tx, key, image_shape, init_inputs)).lower(key).compile(
+          compiler_options=options))
+  return _train_state(model, tx, *compiled(key))
 
 
 def state_shapes(model, tx, key: jax.Array, image_shape, init_inputs=None) -> TrainState:
   """The TrainState that create_state returns with the same arguments, as jax.ShapeDtypeStruct leaves:
   traced, never compiled or run. What restoring a checkpoint needs (resuming, evaluating): the
   initialisation program is a large part of a run's start-up (init_compiler_options)."""
-  return _train_state(model, tx, *jax.eval_shape(_init_function(model, tx, key, image_shape, init_inputs), key))
+  shapes = shared_programs.get(("init shapes", _init_key(model, tx, key, image_shape, init_inputs)),
+                               lambda: jax.eval_shape(_init_function(model, tx, key, image_shape, init_inputs), key))
+  return _train_state(model, tx, *shapes)
+
+
+def _init_key(model, tx, key, image_shape, init_inputs) -> tuple:
+  """What the initialisation program depends on: the model and optimizer objects (shared by equal runs,
+  training/shared_programs.py), the key's shape and kind, the dummy inputs' shapes and dtypes (zeros)."""
+  inputs = tuple((np.shape(x), str(np.asarray(x).dtype)) for x in init_inputs or ())
+  return model, tx, key.shape, str(key.dtype), tuple(image_shape), inputs
 
 
 def is_shapes(state: TrainState) -> bool:

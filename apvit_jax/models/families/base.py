@@ -18,7 +18,9 @@ def fetch(data, batch):
 
 
 class Family:
-  """One kind of model, configured by config.model (and config.augment, for its inputs)."""
+  """One kind of model, configured by config.model (and config.augment, for its inputs). One object
+  serves every run of a process with an equal config (training/shared_programs.py): it keeps no state
+  of a run."""
   name: ClassVar[str]
 
   def __init__(self, model_cfg, augment_cfg=None):
