@@ -109,3 +109,18 @@ def test_entries_are_bounded_least_recently_used_first(monkeypatch):
   with pytest.raises(ZeroDivisionError):
     shared_programs.get("d", lambda: 1 / 0)
   assert "d" not in shared_programs._entries
+
+
+def test_evaluating_after_training_in_the_same_process_builds_nothing_new(tmp_path):
+  """train_and_evaluate then evaluate_checkpoint of its workdir: the evaluation step, model and optimizer
+  are the training run's (one set-up entry, no new step or initialisation program), and the evaluation
+  agrees with the training run's last one."""
+  from apvit_jax.training import evaluate as eval_lib, loop
+  shared_programs.clear()
+  config = tiny_config(total_steps=4, eval_every_epochs=1)
+  summary = loop.train_and_evaluate(config, tmp_path)
+  built = dict(shared_programs._entries)
+  result = eval_lib.evaluate_checkpoint(config, tmp_path, step=4)
+  new = [key[0] for key in shared_programs._entries if key not in built]
+  assert new == ["init shapes"], new   # the checkpoint's restore target: shapes only, traced not compiled
+  assert result["accuracy"] == summary["final_accuracy"]
