@@ -55,6 +55,7 @@ def test_every_field_but_the_program_free_ones_is_in_the_key():
   assert checked > 100
 
 
+@pytest.mark.slow
 def test_equal_runs_share_model_optimizer_and_steps_and_different_runs_do_not():
   shared_programs.clear()
   first = run_lib.setup(tiny_config(seed=1), devices=ONE_DEVICE)
@@ -75,6 +76,7 @@ def test_equal_runs_share_model_optimizer_and_steps_and_different_runs_do_not():
     assert run_lib.compile_train_step(other) is not run_lib.compile_train_step(first)
 
 
+@pytest.mark.slow
 def test_a_shared_step_trains_exactly_as_a_freshly_built_one():
   """Seed 3's run after seed 2's (sharing its programs) == seed 3's run in an empty cache, bit for bit."""
   shared_programs.clear()
