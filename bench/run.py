@@ -9,11 +9,13 @@
   python -m bench.run --suite=seeds --num_seeds=1,2,4,8 --json=...   # K seeds in one step (num_seeds)
   python -m bench.run --suite=host --workers=0,1,2 --json=...   # streamed host batches/s, grain workers
   python -m bench.run --suite=profile --workloads=dps_vit_cifar10 --json=...   # where a step's time goes
+  python -m bench.run --suite=reruns --batch_size=8 --repeats=3 --json=...   # a second run in one process
 
 Suites: `sampler` (bench/sampler_bench.py), `steps` (bench/step_bench.py) and `seeds`
 (bench/seeds_bench.py: dps_vit_cifar10, or the first of --workloads, at each --num_seeds) and `host`
 (bench/host_bench.py: streamed batches made in the training process or in grain workers) and `profile`
-(bench/profile_step.py: a workload's step traced, its operations' time by kind and by instruction) print
+(bench/profile_step.py: a workload's step traced, its operations' time by kind and by instruction) and
+`reruns` (bench/rerun_bench.py: a second equal run in one process, its programs shared or not) print
 Markdown tables and write --json; `gpu` and `cpu` (bench/peers_suite.py) time ours and the PyTorch
 peers in the same process and write DIR/results.json and DIR/results.md. Timings are medians after
 warm-up; no test asserts any.
@@ -24,11 +26,12 @@ import sys
 
 from absl import app, flags, logging
 
-from bench import common, host_bench, peers_suite, profile_step, sampler_bench, seeds_bench, step_bench
+from bench import common, host_bench, peers_suite, profile_step, rerun_bench, sampler_bench, seeds_bench, step_bench
 
-flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", "profile", *peers_suite.PRESETS],
+flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", "profile", "reruns",
+                                    *peers_suite.PRESETS],
                   "Which benchmarks to run: sampler, steps, all (both), seeds, host, profile (where each of "
-                  "--workloads spends its step), or ours vs the PyTorch peers at the sizes of the GPU or the CPU "
+                  "--workloads spends its step), reruns (a second run in the same process), or ours vs the PyTorch peers at the sizes of the GPU or the CPU "
                   "speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
 flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name, "
@@ -113,6 +116,10 @@ def main(argv):
     result["profile"] = profile_step.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
                                          repeats=f.repeats, extra=_parse_overrides(f.set), trace_dir=f.trace_dir,
                                          top=f.top)
+  if f.suite == "reruns":
+    workloads = f.workloads if f["workloads"].present else ["std_vit_cifar10"]
+    result["reruns"] = rerun_bench.run(workloads=workloads, batch_size=f.batch_size, repeats=f.repeats,
+                                       extra=_parse_overrides(f.set))
   if f.suite in ("all", "steps"):
     result["steps"] = step_bench.run(workloads=f.workloads, batch_size=f.batch_size, warmup=f.warmup,
                                      repeats=f.repeats, extra=_parse_overrides(f.set))

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from apvit_jax import sampler
-from bench import common, host_bench, peers_suite, sampler_bench, step_bench, torch_peers
+from apvit_jax.training import shared_programs
+from bench import common, host_bench, peers_suite, rerun_bench, sampler_bench, step_bench, torch_peers
 from subprocess_env import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -27,6 +28,16 @@ def test_step_benchmark_builds_the_trainers_step_and_counts_flops():
   forward = 2 * row["params"] * 17 * 8
   assert 1.5 * forward < row["tflop_per_step"] * 1e12 < 6 * forward
   assert row["mfu"] is None or jax.devices()[0].platform != "cpu"   # no CPU peak: no MFU
+
+
+@pytest.mark.slow
+def test_rerun_benchmark_times_a_first_run_and_reruns_with_and_without_shared_programs():
+  (row,) = rerun_bench.run(workloads=["std_vit_cifar10"], batch_size=8, repeats=1,
+                           extra={"model.depth": 1, "model.dtype": "float32"})
+  assert row["workload"] == "std_vit_cifar10" and row["repeats"] == 1
+  for key in ("first_s", "rerun_shared_s", "rerun_cleared_s", "speedup"):
+    assert np.isfinite(row[key]) and row[key] > 0, key
+  assert shared_programs.size() == 0   # what it built is not left to the process's later runs
 
 
 @pytest.mark.slow
