@@ -31,8 +31,8 @@ from bench import common, host_bench, peers_suite, profile_step, rerun_bench, sa
 flags.DEFINE_enum("suite", "all", ["all", "sampler", "steps", "seeds", "host", "profile", "reruns",
                                     *peers_suite.PRESETS],
                   "Which benchmarks to run: sampler, steps, all (both), seeds, host, profile (where each of "
-                  "--workloads spends its step), reruns (a second run in the same process), or ours vs the PyTorch peers at the sizes of the GPU or the CPU "
-                  "speed issue (gpu, cpu).")
+                  "--workloads spends its step), reruns (a second run in the same process), or ours vs the "
+                  "PyTorch peers at the sizes of the GPU or the CPU speed issue (gpu, cpu).")
 flags.DEFINE_string("out", None, "gpu/cpu suites: folder for results.json and results.md.")
 flags.DEFINE_list("only", [], "gpu/cpu suites: run only the jobs with one of these words in their name, "
                   "or with one of these whole names (e.g. --only=sampler,apvit_cifar10: the sampler sizes and "

@@ -36,7 +36,7 @@ class Run:
   total_steps: int
   per_device_batch: int
   seeds: tuple               # (config.seed,), or one per replica with config.num_seeds > 1
-  program_key: tuple | None = None   # runs with equal keys share compiled steps (shared_programs.py)
+  program_key: tuple          # runs with equal keys share compiled steps (shared_programs.py)
 
   @property
   def num_replicas(self) -> int:
@@ -187,8 +187,6 @@ def compile_eval_step(run: Run, confusion: bool = False):
 def _shared_step(run: Run, what: tuple, build):
   """build(), or the step an equal run of this process built: same program key, replica count and state
   structure (a state's structure holds its apply_fn and optimizer)."""
-  if run.program_key is None:
-    return build()
   return shared_programs.get(("step", run.program_key, what, run.num_replicas, jax.tree.structure(run.state)),
                              build)
 
