@@ -51,8 +51,12 @@ def median_seconds(fn, *, warmup: int, repeats: int) -> float:
   return statistics.median(times)
 
 
-def copy_bandwidth(num_bytes: int = 1 << 28, repeats: int = 10) -> float:
-  """Measured bytes/s of an elementwise op reading and writing a num_bytes float32 array (2x bytes)."""
+def copy_bandwidth(num_bytes: int, repeats: int = 10) -> float:
+  """Measured bytes/s of an elementwise op reading and writing a num_bytes float32 array (2x bytes).
+
+  Measure it at the size of the arrays a floor is for: on a CPU an array that stays in cache copies
+  several times faster than one that does not (the 2-core Xeon VM, 2026-12-07: 26 GB/s at 19 MB, 8.5 GB/s
+  at 64 and 256 MB), so a large copy's bandwidth puts a cache-sized workload's floor too high."""
   x = jnp.asarray(np.random.default_rng(0).standard_normal(num_bytes // 4, dtype=np.float32))
   f = jax.jit(lambda a: a * 1.0001)
   seconds = median_seconds(lambda: f(x).block_until_ready(), warmup=2, repeats=repeats)

@@ -60,7 +60,6 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
   on the same maps without the turn (what it can cut), each forward, fwd+bwd and fwd+bwd to the maps
   alone; the separable rows carry the gather sampler's time on their maps (gather_ms)."""
   torch, why_not = torch_peers.torch_or_reason()
-  spec_bw, bandwidth = _bandwidth()
   timed = lambda fn, args: 1e3 * common.median_seconds(lambda: jax.block_until_ready(fn(*args)),
                                                        warmup=max(warmup, 1), repeats=repeats)
   rows = []
@@ -72,12 +71,14 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
       images, theta = sampler_bench._inputs(batch, side, patch, axis_aligned=axis_aligned)
       cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
       image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
+      spec_bw, bandwidth = _bandwidth(image_bytes)
       gather_here = (dict((mode, fn) for mode, fn, *_ in _sampler_passes(gather, images, theta, cotangent, 0, 0))
                      if axis_aligned else {})
       for mode, fn, args, moved in _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
         ms = timed(fn, args)
-        row = {"workload": f"sampler {label}{mode} {name}", "ours_ms": ms, "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
-               f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
+        row = {"workload": f"sampler {label}{mode} {name}", "ours_ms": ms, "floor_gb_s": bandwidth / 1e9,
+               "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
+                        f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
         if axis_aligned:
           row["gather_ms"] = timed(gather_here[mode], args)
         if torch is None:
@@ -91,11 +92,12 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
 
 
 @functools.cache
-def _bandwidth() -> tuple[float | None, float]:
-  """(the device's data-sheet bandwidth or None, the bandwidth the floors use: that, else one measured copy
-  bandwidth shared by every sampler size of the run)."""
+def _bandwidth(num_bytes: int) -> tuple[float | None, float]:
+  """(the device's data-sheet bandwidth or None, the bandwidth the floors use: that, else a measured copy
+  of an array of num_bytes, the size of the images sampled, so that a size that stays in a CPU's cache
+  is held to the cache's bandwidth, not to memory's)."""
   _, spec_bw = common.device_peaks(jax.devices()[0])
-  return spec_bw, spec_bw or common.copy_bandwidth(num_bytes=1 << 26)
+  return spec_bw, spec_bw or common.copy_bandwidth(num_bytes=num_bytes)
 
 
 def _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
