@@ -32,7 +32,7 @@ def get_config(arg: str | None = None):
   c.data.canvas = 1500
   c.data.num_train, c.data.num_test = 5000, 1000
   c.model.name = "ips"
-  c.model.dtype = "float32"   # the trunk in bf16 is a GPU lever not yet measured (precision of BatchNorm)
+  c.model.dtype = "float32"   # bf16 trunk: trained as well on a CPU toy (bench/RESULTS.md); GPU memory/speed unmeasured
   i = c.model.ips
   i.encoder, i.num_stages = "resnet18", 2
   i.patch_size = i.patch_stride = 50
