@@ -38,10 +38,10 @@ def _inputs(batch: int, side: int, patch: int, seed: int = 0, axis_aligned: bool
   return jnp.asarray(images), jnp.asarray(theta.astype(np.float32))
 
 
-def run(*, warmup: int, repeats: int) -> list[dict]:
+def run(*, warmup: int, repeats: int, sizes=SIZES) -> list[dict]:
   peak_flops, spec_bw = common.device_peaks(jax.devices()[0])
   rows = []
-  for name, batch, side, patch in SIZES:
+  for name, batch, side, patch in sizes:
     images, theta = _inputs(batch, side, patch)
     forward = jax.jit(lambda x, t, p=patch: sampler.sample_patches(x, t, p))
     cotangent = jnp.asarray(np.random.default_rng(1).standard_normal(

@@ -65,6 +65,23 @@ def test_host_benchmark_reads_the_same_batches_with_and_without_workers():
   assert rows[0]["checksum"] == rows[1]["checksum"] and rows[2]["checksum"] == rows[3]["checksum"]
 
 
+def test_sampler_benchmark_holds_each_size_to_a_copy_of_its_own_size(monkeypatch):
+  """`--suite=sampler` at a tiny size: every pass gets a floor from a copy of an array the size of that
+  size's images (a large copy runs out of a CPU's cache and would set the floor too high)."""
+  copied = []
+  measure = common.copy_bandwidth
+  monkeypatch.setattr(common, "copy_bandwidth", lambda num_bytes, **kw: copied.append(num_bytes) or measure(
+      num_bytes, repeats=1))
+  rows = sampler_bench.run(warmup=0, repeats=1, sizes=(("B2 16² 4×8²", 2, 16, 8), ("B3 16² 4×8²", 3, 16, 8)))
+  assert copied == [2 * 16 * 16 * 3 * 4, 3 * 16 * 16 * 3 * 4]
+  assert [(r["size"], r["mode"]) for r in rows] == [(s, m) for s in ("B2 16² 4×8²", "B3 16² 4×8²")
+                                                    for m in ("forward", "fwd+bwd")]
+  for r in rows:
+    assert r["floor_gb_s"] > 0 and r["ms"] > 0
+    np.testing.assert_allclose(r["floor_ms"], r["bytes_mb"] * 1e6 / (r["floor_gb_s"] * 1e9) * 1e3, rtol=1e-9)
+    np.testing.assert_allclose(r["x_floor"], r["ms"] / r["floor_ms"], rtol=1e-9)
+
+
 def test_sampler_benchmark_maps_stay_near_the_grid():
   images, theta = sampler_bench._inputs(3, 32, 8)
   grid = np.asarray(sampler.regular_grid_theta((32, 32), 8))
@@ -148,6 +165,7 @@ def test_gpu_suite_command_runs_end_to_end_on_cpu(tmp_path, part):
                          "sampler fwd+bwd to maps B2 16² 4×8²", "sampler separable forward B2 16² 4×8²",
                          "sampler separable fwd+bwd B2 16² 4×8²", "sampler separable fwd+bwd to maps B2 16² 4×8²"]
     assert all(("gather_ms" in r) == r["workload"].startswith("sampler separable") for r in result["rows"])
+    assert all(r["floor_gb_s"] > 0 for r in result["rows"][:6])   # each pass's bandwidth floor, in GB/s
     assert [n.split()[1] for n in names[6:]] == list(PEER_STEPS)
   else:
     assert names == {"dps_vit and ips steps": ["step dps_vit_cifar10", "step dps_vit_cifar10 patch_sampler=separable",
