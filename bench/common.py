@@ -63,6 +63,13 @@ def copy_bandwidth(num_bytes: int, repeats: int = 10) -> float:
   return 2 * num_bytes / seconds
 
 
+def floor_bandwidth(num_bytes: int) -> tuple[float, str]:
+  """(bytes/s, where it comes from) for a bandwidth floor of arrays of num_bytes: the device's data sheet
+  ("spec"), else a copy of an array of that size ("measured copy"; copy_bandwidth: sized to the workload)."""
+  _, spec_bw = device_peaks(jax.devices()[0])
+  return (spec_bw, "spec") if spec_bw else (copy_bandwidth(num_bytes), "measured copy")
+
+
 def matmul_rate(dtype: str, n: int = 4096, repeats: int = 5) -> float:
   """Measured FLOP/s of one n x n x n matmul in `dtype` (float32 accumulation): the practical compute
   roof of this device, used where no data-sheet peak is known (CPU)."""

@@ -21,7 +21,6 @@ on a CPU; its timings mean nothing.
 """
 from __future__ import annotations
 
-import functools
 import json
 import pathlib
 import traceback
@@ -67,18 +66,17 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
     window = (separable_sampler.footprint(sampler_bench.MAX_SCALE * patch / side, patch, side),) * 2
     gather = lambda x, t, p=patch: sampler.sample_patches(x, t, p)
     separable = lambda x, t, p=patch, w=window: separable_sampler.sample_patches_axis_aligned(x, t, p, w)
+    bandwidth, floor_from = common.floor_bandwidth(batch * side * side * sampler_bench.CHANNELS * 4)  # the images
     for label, cut, axis_aligned in (("", gather, False), ("separable ", separable, True)):
       images, theta = sampler_bench._inputs(batch, side, patch, axis_aligned=axis_aligned)
       cotangent = jax.numpy.ones((batch, (side // patch) ** 2, patch, patch, sampler_bench.CHANNELS))
       image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
-      spec_bw, bandwidth = _bandwidth(image_bytes)
       gather_here = (dict((mode, fn) for mode, fn, *_ in _sampler_passes(gather, images, theta, cotangent, 0, 0))
                      if axis_aligned else {})
       for mode, fn, args, moved in _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):
         ms = timed(fn, args)
         row = {"workload": f"sampler {label}{mode} {name}", "ours_ms": ms, "floor_gb_s": bandwidth / 1e9,
-               "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× "
-                        f"{'spec' if spec_bw else 'measured copy'} bandwidth floor"}
+               "bound": f"{ms / (moved / bandwidth * 1e3):.1f}× {floor_from} bandwidth floor"}
         if axis_aligned:
           row["gather_ms"] = timed(gather_here[mode], args)
         if torch is None:
@@ -89,15 +87,6 @@ def sampler_rows(sizes, *, warmup: int, repeats: int) -> list[dict]:
               image_grad=mode == "fwd+bwd", warmup=max(warmup, 1), repeats=repeats))
         rows.append(row)
   return rows
-
-
-@functools.cache
-def _bandwidth(num_bytes: int) -> tuple[float | None, float]:
-  """(the device's data-sheet bandwidth or None, the bandwidth the floors use: that, else a measured copy
-  of an array of num_bytes, the size of the images sampled, so that a size that stays in a CPU's cache
-  is held to the cache's bandwidth, not to memory's)."""
-  _, spec_bw = common.device_peaks(jax.devices()[0])
-  return spec_bw, spec_bw or common.copy_bandwidth(num_bytes=num_bytes)
 
 
 def _sampler_passes(cut, images, theta, cotangent, image_bytes, patch_bytes):

@@ -52,9 +52,7 @@ def run(*, warmup: int, repeats: int, sizes=SIZES) -> list[dict]:
       return out, vjp(ct)
     both = jax.jit(fwd_bwd)
     image_bytes, patch_bytes = images.size * 4, cotangent.size * 4
-    # The floor's bandwidth: the data sheet's, else a copy of an image-sized array (one that stays in a
-    # CPU's cache copies several times faster than a large one: common.copy_bandwidth).
-    bw = spec_bw or common.copy_bandwidth(num_bytes=image_bytes)
+    bw, floor_from = common.floor_bandwidth(image_bytes)   # a CPU: a copy of an image-sized array
     for mode, fn, args, bytes_moved in (
         ("forward", forward, (images, theta), image_bytes + patch_bytes),
         ("fwd+bwd", both, (images, theta, cotangent), 3 * image_bytes + 2 * patch_bytes)):
@@ -62,7 +60,7 @@ def run(*, warmup: int, repeats: int, sizes=SIZES) -> list[dict]:
       seconds = common.median_seconds(lambda: jax.block_until_ready(compiled(*args)), warmup=warmup,
                                       repeats=repeats)
       rows.append({"size": name, "mode": mode, "ms": seconds * 1e3, "bytes_mb": bytes_moved / 1e6,
-                   "floor_ms": bytes_moved / bw * 1e3, "floor_from": "spec" if spec_bw else "measured copy",
+                   "floor_ms": bytes_moved / bw * 1e3, "floor_from": floor_from,
                    "floor_gb_s": bw / 1e9, "achieved_gb_s": bytes_moved / seconds / 1e9,
                    "xla_flops": common.flops_of(compiled)})
   for r in rows:
