@@ -47,6 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.num_train = 10_000
   c.data.num_test = 2_000
   c.data.canvas = 40
+  c.data.num_noise = 50        # megapixel_mnist: noise scribbles per canvas (50 on the published 1500²)
   c.data.digits = "mnist_raw"   # megapixel_mnist / mnist_resized: "mnist_raw", "tfds:mnist" or "builtin"
 
   c.augment = ml_collections.ConfigDict()
@@ -106,6 +107,7 @@ def base_config() -> ml_collections.ConfigDict:
   i = c.model.ips = ml_collections.ConfigDict()  # model.name="ips": apvit_jax/models/ips.py
   i.encoder = "resnet18"       # resnet18 | resnet50 | features (LayerNorm -> Linear -> BN -> ReLU)
   i.num_stages = 2             # ResNet stages kept (1..4)
+  i.width = 64                 # the ResNet's first-stage width (64 as published; stage s has width·2^s)
   i.patch_size = 50
   i.patch_stride = 50
   i.memory = 100               # M: patches kept and re-encoded with gradients

@@ -121,6 +121,7 @@ RULES = {
     "data.num_train": count,
     "data.num_test": count,
     "data.canvas": size_or_zero,   # unused (0) by the sources that do not draw canvases
+    "data.num_noise": size_or_zero,
     "data.digits": text(nonempty=True),
     "augment.crop_padding": integer(0, 4096),
     "augment.flip": boolean,
@@ -167,6 +168,7 @@ RULES = {
     "model.adaptive.patch_sampler": one_of(*PATCH_SAMPLERS),
     "model.ips.encoder": one_of(*ENCODERS),
     "model.ips.num_stages": integer(1, 4),
+    "model.ips.width": count,
     "model.ips.patch_size": count,
     "model.ips.patch_stride": count,
     "model.ips.memory": integer(-HUGE),   # the range (1 <= M <= N) is checked with the image (families/ips.py)

@@ -168,6 +168,47 @@ def pit_smoke(c):
 
 # --- IPS -------------------------------------------------------------------------------------------
 
+def ips_megapixel_paper(c):
+  """IPS on Megapixel MNIST as the authors released it (configs/ips_megapixel_mnist.py says what)."""
+  c.data.name = "megapixel_mnist"
+  c.data.digits = "mnist_raw"
+  c.data.canvas = 1500
+  c.data.num_train, c.data.num_test = 5000, 1000
+  c.model.name = "ips"
+  c.model.dtype = "float32"   # bf16 trunk: trained as well on a CPU toy (bench/RESULTS.md); GPU memory/speed unmeasured
+  i = c.model.ips
+  i.encoder, i.num_stages = "resnet18", 2
+  i.patch_size = i.patch_stride = 50
+  i.memory, i.chunk = 5, 100   # the authors' released setting; M = 100: --config.model.ips.memory=100
+  i.dim, i.num_heads, i.head_dim, i.mlp_dim = 128, 8, 16, 512
+  i.use_pos = True
+  i.dropout = i.attn_dropout = 0.1
+  c.augment.mean, c.augment.std = (0.0,), (1.0,)   # pixels in [0, 1], as the reference code feeds them
+  c.batch_size = 16
+  c.num_epochs = 150
+  c.label_smoothing = 0.0
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 0.1
+  c.optim.warmup_epochs = 10.0
+  c.optim.end_lr_ratio = 1e-3
+  c.optim.grad_clip = 0.0
+  c.log_every_steps = 50
+  return c
+
+
+def ips_megapixel_on_a_cpu(c):
+  """The published Megapixel MNIST task and recipe at a size two CPU cores train in minutes: 300² canvases
+  (N = 36 patches of 50², not 900) with the published clutter density (50 scribbles per 1500² -> 2 per
+  300²), the ResNet-18 trunk at a quarter of its width (16: ~1/16 of its FLOPs), 15 epochs with one of
+  warm-up. M = 5 as published; I = 100 covers the 36 patches in one iteration."""
+  c.data.canvas = 300
+  c.data.num_noise = 2
+  c.model.ips.width = 16
+  c.num_epochs = 15
+  c.optim.warmup_epochs = 1.0
+  return c
+
+
 def ips_smoke(c, canvas: int, patch: int):
   """A few IPS steps offline: builtin 28x28 digits, a small canvas, a small encoder."""
   c.data.digits = "builtin"

@@ -26,28 +26,5 @@ from apvit_jax import recipes
 
 
 def get_config(arg: str | None = None):
-  c = base_config()
-  c.data.name = "megapixel_mnist"
-  c.data.digits = "mnist_raw"
-  c.data.canvas = 1500
-  c.data.num_train, c.data.num_test = 5000, 1000
-  c.model.name = "ips"
-  c.model.dtype = "float32"   # bf16 trunk: trained as well on a CPU toy (bench/RESULTS.md); GPU memory/speed unmeasured
-  i = c.model.ips
-  i.encoder, i.num_stages = "resnet18", 2
-  i.patch_size = i.patch_stride = 50
-  i.memory, i.chunk = 5, 100   # the authors' released setting; M = 100: --config.model.ips.memory=100
-  i.dim, i.num_heads, i.head_dim, i.mlp_dim = 128, 8, 16, 512
-  i.use_pos = True
-  i.dropout = i.attn_dropout = 0.1
-  c.augment.mean, c.augment.std = (0.0,), (1.0,)   # pixels in [0, 1], as the reference code feeds them
-  c.batch_size = 16
-  c.num_epochs = 150
-  c.label_smoothing = 0.0
-  c.optim.lr = 1e-3
-  c.optim.weight_decay = 0.1
-  c.optim.warmup_epochs = 10.0
-  c.optim.end_lr_ratio = 1e-3
-  c.optim.grad_clip = 0.0
-  c.log_every_steps = 50
-  return apply_arg(c, arg, lambda c: recipes.ips_smoke(c, canvas=200, patch=25))
+  return apply_arg(recipes.ips_megapixel_paper(base_config()), arg,
+                   lambda c: recipes.ips_smoke(c, canvas=200, patch=25))

@@ -193,19 +193,19 @@ def test_no_gradient_flows_through_the_selection():
   assert any(np.abs(x).max() > 0 for x in jax.tree.leaves(g_select["trunk"]))
 
 
-@pytest.mark.parametrize("name,stages,params", [("resnet18", 4, 11_176_512), ("resnet50", 4, 23_508_032),
-                                                ("resnet18", 2, 683_072)])
-def test_resnet_trunk_sizes(name, stages, params):
+@pytest.mark.parametrize("name,stages,width,params", [("resnet18", 4, 64, 11_176_512), ("resnet50", 4, 64, 23_508_032),
+                                                      ("resnet18", 2, 64, 683_072), ("resnet18", 2, 16, 44_816)])
+def test_resnet_trunk_sizes(name, stages, width, params):
   """torchvision's resnet18 / resnet50 have 11,689,512 / 25,557,032 parameters; without the 1000-way fc
-  (512·1000 + 1000 / 2048·1000 + 1000) that is 11,176,512 / 23,508,032. Two stages of resnet18: stem
-  9,408 + BN 128, stage 1: 4 convs of 36,864 + 4 BN of 128, stage 2: 73,728 + 3 x 147,456 + the 1x1
-  projection 8,192 + 5 BN of 256."""
-  trunk = ResNetTrunk(name, stages)
+  (512·1000 + 1000 / 2048·1000 + 1000) that is 11,176,512 / 23,508,032. Two stages of resnet18 at first-stage
+  width w on 3 channels: stem 147w + BN 2w; stage 1: 4 convs of 9w² + 4 BN of 2w; stage 2: 18w² + 3 x 36w² +
+  the 1x1 projection 2w² + 5 BN of 4w; in all 164w² + 177w: 683,072 at w = 64, 44,816 at w = 16."""
+  trunk = ResNetTrunk(name, stages, width=width)
   shapes = jax.eval_shape(lambda: trunk.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False))
   assert sum(np.prod(x.shape) for x in jax.tree.leaves(shapes["params"])) == params
   out = jax.eval_shape(lambda: trunk.apply(trunk.init(jax.random.key(0), jnp.zeros((2, 64, 64, 3)),
                                                       train=False), jnp.zeros((2, 64, 64, 3)), train=False))
-  assert out.shape == (2, 64 * 2 ** (stages - 1) * (4 if name == "resnet50" else 1))
+  assert out.shape == (2, width * 2 ** (stages - 1) * (4 if name == "resnet50" else 1))
 
 
 @pytest.mark.slow
@@ -270,6 +270,25 @@ def test_megapixel_is_deterministic_by_seed_and_stores_no_canvas():
   assert not np.array_equal(a.get([0])[0], megapixel.make_split(digits, classes, 5, seed=8, canvas=112).get([0])[0])
   stored = sum(np.asarray(x).nbytes for x in (a.digit_ids, a.digit_xy, a.noise_ids, a.noise_xy, a.classes))
   assert stored < 112 * 112  # layouts only: less than one canvas for five examples
+
+
+def test_megapixel_noise_count_comes_from_the_config():
+  """data.num_noise scribbles per canvas (the published 50 by default); none leaves only the digits."""
+  import ml_collections
+  from apvit_jax.data.types import Dataset, Split
+  digits = RNG.integers(1, 256, (40, 28, 28, 1)).astype(np.uint8)
+  pool = Split(digits, (np.arange(40) % 10).astype(np.int32))
+  cfg = lambda k: ml_collections.ConfigDict({"seed": 3, "canvas": 140, "num_train": 6, "num_test": 4, "num_noise": k})
+  for k in (0, 7):
+    data = megapixel.load(cfg(k), Dataset(pool, pool, 10, "digits"))
+    assert data.train.noise_ids.shape == (6, k) and data.test.noise_xy.shape == (4, k, 2)
+  images, _ = data.train.get(np.arange(6))   # k = 7: scribbles outside the digits
+  quiet, _ = megapixel.load(cfg(0), Dataset(pool, pool, 10, "digits")).train.get(np.arange(6))
+  for i in range(6):
+    outside = np.ones((140, 140), bool)
+    for r, c in data.train.digit_xy[i]:
+      outside[r:r + 28, c:c + 28] = False
+    assert quiet[i, ..., 0][outside].max() == 0 and images[i, ..., 0][outside].max() > 0
 
 
 def test_megapixel_small_canvas_never_gets_stuck():

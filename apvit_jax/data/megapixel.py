@@ -150,10 +150,10 @@ def load_resized(data_cfg, digits: Dataset) -> Dataset:
 
 def load(data_cfg, digits: Dataset) -> Dataset:
   """"megapixel_mnist": data.canvas² canvases over the digits, data.num_train / num_test of them."""
-  seed, canvas = data_cfg.seed, data_cfg.canvas
+  seed, canvas, num_noise = data_cfg.seed, data_cfg.canvas, data_cfg.num_noise
   noise = noise_patterns(np.random.default_rng([seed, 0]))  # one set of patterns for the dataset
   train = make_split(digits.train.images, digits.train.labels, data_cfg.num_train, seed * 2 + 1, canvas,
-                     noise=noise)
+                     num_noise=num_noise, noise=noise)
   test = make_split(digits.test.images, digits.test.labels, data_cfg.num_test, seed * 2 + 2, canvas,
-                    noise=noise)
+                    num_noise=num_noise, noise=noise)
   return Dataset(train, test, 10, f"megapixel_mnist{canvas}", tasks=dict(TASKS))

@@ -115,6 +115,7 @@ class IPSNet(nn.Module):
   tasks: Sequence[tuple[str, int]]
   encoder: str = "resnet18"
   num_stages: int = 2
+  width: int = 64              # the ResNet's first-stage width
   dim: int = 128
   num_heads: int = 8
   head_dim: int = 16
@@ -131,8 +132,9 @@ class IPSNet(nn.Module):
       self.trunk = FeatureProjector(self.dim, self.dtype)
       self.project = None
     else:
-      self.trunk = ResNetTrunk(self.encoder, self.num_stages, self.dtype, self.remat)
-      self.project = nn.Dense(self.dim) if trunk_width(self.encoder, self.num_stages) != self.dim else None
+      self.trunk = ResNetTrunk(self.encoder, self.num_stages, self.dtype, self.remat, self.width)
+      self.project = (nn.Dense(self.dim) if trunk_width(self.encoder, self.num_stages, self.width) != self.dim
+                      else None)
     tokens = self.num_tokens or len(self.tasks)
     if tokens not in (1, len(self.tasks)):
       raise ValueError(f"IPS num_tokens={tokens} must be 1 or the number of tasks ({len(self.tasks)})")

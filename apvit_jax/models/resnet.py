@@ -21,9 +21,9 @@ def _norm(train: bool, dtype, name=None, **parent):
 
 
 def _stem(trunk: nn.Module, x, train: bool):
-  """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max-pool: (B, H, W, C) -> (B, H/4, W/4, 64). Its layers
-  are the trunk's own ("stem", "stem_bn"), so the parameters are named alike with and without remat."""
-  x = nn.Conv(64, (7, 7), (2, 2), padding=3, use_bias=False, dtype=trunk.dtype, name="stem", parent=trunk)(x)
+  """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max-pool: (B, H, W, C) -> (B, H/4, W/4, trunk.width). Its
+  layers are the trunk's own ("stem", "stem_bn"), so the parameters are named alike with and without remat."""
+  x = nn.Conv(trunk.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=trunk.dtype, name="stem", parent=trunk)(x)
   x = nn.relu(_norm(train, trunk.dtype, "stem_bn", parent=trunk)(x))
   return pooling.max_pool(x, 3, 2, 1)   # nn.max_pool's values; its gradient without index arrays
 
@@ -55,7 +55,9 @@ class ResidualBlock(nn.Module):
 class ResNetTrunk(nn.Module):
   """ResNet stem + the first `num_stages` stages + global average pool: (B, H, W, C) -> (B, F) float32.
 
-  F = 64·2^(num_stages-1) for resnet18 (128 after 2 stages) and 4x that for resnet50. `remat` recomputes
+  Stage s has width·2^s channels (width 64 as published); F = width·2^(num_stages-1) for resnet18 (128
+  after 2 stages) and 4x that for resnet50. A narrower width (e.g. 16: ~1/16 of the FLOPs) is for CPU-sized
+  runs (configs/ips_quickstart.py). `remat` recomputes
   the stem's and each residual block's activations in the backward pass, keeping only their inputs: the
   same values and gradients for less memory (the Megapixel MNIST train step at batch 16, M = 100: 2.32 ->
   1.19 GiB in XLA's estimate on a CPU, ~6 % more time there; bench/RESULTS.md)."""
@@ -63,6 +65,7 @@ class ResNetTrunk(nn.Module):
   num_stages: int = 4
   dtype: Any = jnp.float32
   remat: bool = False
+  width: int = 64
 
   @nn.compact
   def __call__(self, x, *, train: bool):
@@ -77,7 +80,7 @@ class ResNetTrunk(nn.Module):
     x = stem(self, x, train)
     for stage in range(self.num_stages):
       for b in range(blocks[stage]):
-        x = block(64 * 2 ** stage, 2 if b == 0 and stage > 0 else 1, kind, self.dtype,
+        x = block(self.width * 2 ** stage, 2 if b == 0 and stage > 0 else 1, kind, self.dtype,
                   name=f"stage{stage}_block{b}")(x, train)
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
@@ -95,8 +98,9 @@ class FeatureProjector(nn.Module):
     return nn.relu(_norm(train, self.dtype)(x)).astype(jnp.float32)
 
 
-def trunk_width(name: str, num_stages: int) -> int:
+def trunk_width(name: str, num_stages: int, width: int = 64) -> int:
+  """The trunk's output features F for a first-stage width."""
   kind, _ = RESNETS[name]
-  return 64 * 2 ** (num_stages - 1) * (4 if kind == "bottleneck" else 1)
+  return width * 2 ** (num_stages - 1) * (4 if kind == "bottleneck" else 1)
 
 

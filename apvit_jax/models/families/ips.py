@@ -56,7 +56,7 @@ class IPSFamily(Family):
     c = self.model_cfg.ips
     tasks = tasks or (("label", num_classes, "softmax"),)
     return ips.IPSNet(tasks=tuple((name, classes) for name, classes, _ in tasks), encoder=c.encoder,
-                      num_stages=c.num_stages, dim=c.dim, num_heads=c.num_heads, head_dim=c.head_dim,
+                      num_stages=c.num_stages, width=c.width, dim=c.dim, num_heads=c.num_heads, head_dim=c.head_dim,
                       mlp_dim=c.mlp_dim, num_tokens=c.num_tokens, use_pos=c.use_pos,
                       attn_dropout=c.attn_dropout, dropout=c.dropout, dtype=jnp_dtype(self.model_cfg),
                       remat=self.model_cfg.remat)

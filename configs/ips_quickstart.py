@@ -1,0 +1,23 @@
+"""IPS quickstart: the Megapixel MNIST task of configs/ips_megapixel_mnist.py at a size two CPU cores train.
+
+  python train.py --config=configs/ips_quickstart.py --workdir=workdirs/ips_quickstart \
+      --config.data.data_dir=PATH_TO_MNIST_IDX   # e.g. ../shared/data/mnist
+  python eval.py --config=configs/ips_quickstart.py --workdir=workdirs/ips_quickstart \
+      --config.data.data_dir=PATH_TO_MNIST_IDX --visualize=4
+
+Data: 500x500 canvases (the published 1500x1500 in a ninth of the area) drawn on demand from MNIST: 5 digits
+(3 of the target class), 6 noise scribbles (the published density: 50 per 1500²), 5,000 train / 1,000 test;
+tasks majority / max / top / multi. Model: the published IPS (patches 50x50 with stride 50, so N = 100
+instead of 900; memory M = 5, iteration size I = 100; cross-attention with 8 heads of d_k = 16, D = 128)
+with its ResNet-18 trunk of 2 stages at a quarter of the width (model.ips.width=16). The published recipe
+(AdamW lr 1e-3, weight decay 0.1, batch 16, cosine to 0.001·lr) for 10 epochs with one of warm-up.
+Results: docs/RESULTS.md, "IPS on a CPU-sized Megapixel MNIST".
+Smoke: --config=configs/ips_quickstart.py:smoke (builtin digits on a 200x200 canvas, offline).
+"""
+from apvit_jax.base_config import apply_arg, base_config
+from apvit_jax import recipes
+
+
+def get_config(arg: str | None = None):
+  return apply_arg(recipes.ips_megapixel_on_a_cpu(recipes.ips_megapixel_paper(base_config())), arg,
+                   lambda c: recipes.ips_smoke(c, canvas=200, patch=25))
