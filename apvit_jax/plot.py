@@ -1,10 +1,13 @@
 """Training curves from a workdir's metrics.jsonl, as PNG.
 
   python -m apvit_jax.plot WORKDIR [WORKDIR ...] [--out=curves.png]
+  python -m apvit_jax.plot RUN_s0 RUN_s1 RUN_s2 --seeds --test=accuracy/majority,accuracy/top
 
-One figure, three panels against the epoch: training loss, test loss, test accuracy; one line per
-workdir (labelled by its folder name), so runs can be compared side by side. A multi-seed workdir
-(config.num_seeds > 1) is drawn as the mean over its seeds with a band of one standard deviation.
+One figure against the epoch: training loss, then one panel per test metric (`--test`, default test loss
+and test accuracy; an IPS run logs accuracy/TASK too); one line per workdir (labelled by its folder name),
+so runs can be compared side by side. A multi-seed workdir (config.num_seeds > 1) is drawn as the mean over
+its seeds with a band of one standard deviation; `--seeds` draws the workdirs given as the seeds of one
+run the same way (mean and sample sd over the workdirs, at the epochs they all logged).
 Default output: WORKDIR/curves.png for one workdir, ./curves.png for several.
 """
 from __future__ import annotations
@@ -23,11 +26,12 @@ def read_metrics(workdir) -> list[dict]:
   return read_records(path)
 
 
-def curves(records: list[dict]) -> dict[str, tuple[list[float], list[float], list[float] | None]]:
-  """{"train_loss" | "test_loss" | "test_accuracy": (epochs, values, sds)}; values are the mean over the
-  replicas of a multi-seed run (NAME_mean) and sds their standard deviation (NAME_sd), None for a one-seed
-  run. A resumed run's repeated steps keep their last record. Train records get their epoch from the test
-  records' steps per epoch."""
+def curves(records: list[dict], test_metrics=("loss", "accuracy")
+           ) -> dict[str, tuple[list[float], list[float], list[float] | None]]:
+  """{"train_loss" | "test_NAME" for each of test_metrics: (epochs, values, sds)}; values are the mean over
+  the replicas of a multi-seed run (NAME_mean) and sds their standard deviation (NAME_sd), None for a
+  one-seed run. A resumed run's repeated steps keep their last record. Train records get their epoch from
+  the test records' steps per epoch."""
   tests = {r["step"]: r for r in records if r["split"] == "test"}
   trains = {r["step"]: r for r in records if r["split"] == "train"}
   steps_per_epoch = next((s / r["epoch"] for s, r in sorted(tests.items()) if r.get("epoch")), None)
@@ -35,31 +39,49 @@ def curves(records: list[dict]) -> dict[str, tuple[list[float], list[float], lis
 
   def series(by_step: dict, name: str):
     steps = sorted(by_step)
+    missing = [s for s in steps if name not in by_step[s] and f"{name}_mean" not in by_step[s]]
+    if missing:
+      logged = sorted({k.removesuffix("_mean") for k in by_step[missing[0]]} - {"step", "split", "time"})
+      raise ValueError(f"no {name!r} in the record of step {missing[0]}; it has {logged}")
     sds = [by_step[s].get(name + "_sd") for s in steps]
     return ([to_epoch(s) for s in steps], [mean_value(by_step[s], name) for s in steps],
             sds if steps and all(sd is not None for sd in sds) else None)
-  return {"train_loss": series(trains, "loss"), "test_loss": series(tests, "loss"),
-          "test_accuracy": series(tests, "accuracy")}
+  return {"train_loss": series(trains, "loss"), **{f"test_{name}": series(tests, name) for name in test_metrics}}
 
 
-def plot(workdirs, out) -> pathlib.Path:
+def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], list[float] | None]]:
+  """The curves of one-seed runs (each as `curves` gives them) -> their mean and sample standard deviation
+  (ddof=1, as a multi-seed run logs) at the epochs every run has."""
+  import numpy as np
+  out = {}
+  for name in runs[0]:
+    shared = sorted(set.intersection(*(set(run[name][0]) for run in runs)))
+    values = np.array([[dict(zip(run[name][0], run[name][1]))[e] for e in shared] for run in runs])
+    out[name] = (shared, values.mean(0).tolist(), values.std(0, ddof=1).tolist() if len(runs) > 1 else None)
+  return out
+
+
+def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) -> pathlib.Path:
+  """One line per workdir, or with `seeds` one line for all of them (their mean and a band)."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   from apvit_jax.visualize import save_figure
-  fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-  for workdir in workdirs:
-    label = pathlib.Path(workdir).resolve().name
-    for ax, (name, (x, y, sd)) in zip(axes, curves(read_metrics(workdir)).items()):
+  runs = [(pathlib.Path(w).resolve().name, curves(read_metrics(w), test_metrics)) for w in workdirs]
+  if seeds:
+    runs = [(f"{runs[0][0]} ({len(runs)} seeds)", seed_curves([c for _, c in runs]))]
+  fig, axes = plt.subplots(1, 1 + len(test_metrics), figsize=(4.3 * (1 + len(test_metrics)), 3.6))
+  for label, run in runs:
+    for ax, (name, (x, y, sd)) in zip(axes, run.items()):
       line, = ax.plot(x, y, label=label, marker="." if len(x) < 40 else None)
       if sd is not None:   # several seeds: the mean, and a band of one standard deviation
         ax.fill_between(x, [m - d for m, d in zip(y, sd)], [m + d for m, d in zip(y, sd)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
-      ax.set_title(name.replace("_", " "), fontsize=10)
+      ax.set_title(name.replace("_", " ", 1).replace("_", " "), fontsize=10)
       ax.set_xlabel("epoch" if x else "")
       ax.grid(alpha=0.3)
-  axes[2].legend(fontsize=8)
+  axes[-1].legend(fontsize=8)
   return save_figure(fig, out)
 
 
@@ -67,9 +89,18 @@ def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m apvit_jax.plot", description=__doc__.split("\n\n")[0])
   parser.add_argument("workdirs", nargs="+", help="training workdirs (each holds metrics.jsonl)")
   parser.add_argument("--out", default=None, help="PNG to write (default: see module docstring)")
+  parser.add_argument("--test", default="loss,accuracy",
+                      help="comma-separated test metrics, one panel each (e.g. accuracy/majority)")
+  parser.add_argument("--seeds", action="store_true",
+                      help="the workdirs are seeds of one run: draw their mean with a band of one sd")
   args = parser.parse_args(argv)
+  test_metrics = tuple(m.strip() for m in args.test.split(",") if m.strip())
+  if not test_metrics:
+    parser.error("--test names no metric")
+  if args.seeds and len(args.workdirs) < 2:
+    parser.error("--seeds needs the workdirs of at least two seeds")
   out = args.out or (pathlib.Path(args.workdirs[0]) / "curves.png" if len(args.workdirs) == 1 else "curves.png")
-  print(f"wrote {plot(args.workdirs, out)}")
+  print(f"wrote {plot(args.workdirs, out, test_metrics, args.seeds)}")
 
 
 if __name__ == "__main__":

@@ -49,3 +49,26 @@ def test_command_writes_a_png(tmp_path):
   assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(FileNotFoundError, match="no metrics.jsonl"):
     plot.read_metrics(tmp_path / "missing")
+
+
+def test_seeds_in_separate_workdirs_are_one_line_with_a_band(tmp_path):
+  """--seeds: one-seed workdirs drawn as their mean and sample sd (ddof=1, as a multi-seed run logs) at
+  the epochs all of them logged; --test picks the test metrics (an IPS run's accuracy/TASK)."""
+  import numpy as np
+  rng = np.random.default_rng()
+  acc = rng.uniform(0.1, 0.9, (3, 3))   # 3 seeds x 3 epochs
+  for seed in range(3):
+    epochs = 3 if seed else 2             # seed 0 stopped after two epochs
+    write_metrics(tmp_path / f"s{seed}", [
+        r for e in range(epochs) for r in ({"step": 4 * e + 4, "split": "train", "loss": float(acc[seed, e])},
+                                           {"step": 4 * e + 4, "split": "test", "loss": 1.0, "epoch": e + 1.0,
+                                            "accuracy/top": float(acc[seed, e])})])
+  runs = [plot.curves(plot.read_metrics(tmp_path / f"s{s}"), ("accuracy/top",)) for s in range(3)]
+  epochs, mean, sd = plot.seed_curves(runs)["test_accuracy/top"]
+  assert epochs == [1.0, 2.0]
+  np.testing.assert_allclose(mean, acc[:, :2].mean(0), rtol=1e-12)
+  np.testing.assert_allclose(sd, acc[:, :2].std(0, ddof=1), rtol=1e-12)
+  out = plot.plot([tmp_path / f"s{s}" for s in range(3)], tmp_path / "seeds.png", ("accuracy/top",), seeds=True)
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="no 'accuracy/majority' in the record of step 4; it has"):
+    plot.curves(plot.read_metrics(tmp_path / "s0"), ("accuracy/majority",))
