@@ -23,7 +23,8 @@ def _norm(train: bool, dtype, name=None, **parent):
 def _stem(trunk: nn.Module, x, train: bool):
   """7x7/2 convolution, BatchNorm, ReLU, 3x3/2 max-pool: (B, H, W, C) -> (B, H/4, W/4, trunk.width). Its
   layers are the trunk's own ("stem", "stem_bn"), so the parameters are named alike with and without remat."""
-  x = nn.Conv(trunk.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=trunk.dtype, name="stem", parent=trunk)(x)
+  x = nn.Conv(trunk.width, (7, 7), (2, 2), padding=3, use_bias=False, dtype=trunk.dtype, name="stem",
+              parent=trunk)(x)
   x = nn.relu(_norm(train, trunk.dtype, "stem_bn", parent=trunk)(x))
   return pooling.max_pool(x, 3, 2, 1)   # nn.max_pool's values; its gradient without index arrays
 
