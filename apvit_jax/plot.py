@@ -13,6 +13,7 @@ Default output: WORKDIR/curves.png for one workdir, ./curves.png for several.
 from __future__ import annotations
 
 import argparse
+import os
 import pathlib
 
 from apvit_jax.training.metrics import read_records
@@ -69,8 +70,9 @@ def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) 
 
   from apvit_jax.visualize import save_figure
   runs = [(pathlib.Path(w).resolve().name, curves(read_metrics(w), test_metrics)) for w in workdirs]
-  if seeds:
-    runs = [(f"{runs[0][0]} ({len(runs)} seeds)", seed_curves([c for _, c in runs]))]
+  if seeds:   # labelled by what the folder names share: "run_s0", "run_s1" -> "run_s… (2 seeds)"
+    shared = os.path.commonprefix([name for name, _ in runs])
+    runs = [(f"{shared or 'runs'}… ({len(runs)} seeds)", seed_curves([c for _, c in runs]))]
   fig, axes = plt.subplots(1, 1 + len(test_metrics), figsize=(4.3 * (1 + len(test_metrics)), 3.6))
   for label, run in runs:
     for ax, (name, (x, y, sd)) in zip(axes, run.items()):
