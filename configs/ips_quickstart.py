@@ -14,8 +14,8 @@ with its ResNet-18 trunk of 2 stages at a quarter of the width (model.ips.width=
 Measured (jax 0.12.1, 2 cores of an AMD EPYC, 2026-12-07; docs/RESULTS.md, "IPS on a CPU-sized Megapixel
 MNIST"): final test accuracy over seeds 0, 1, 2 run one after another, 851-892 s each (~100 train images/s):
 majority 74.03 ± 9.10 % (81.20, 77.10, 63.80), max 80.47 ± 7.37 %, top 79.50 ± 5.69 %, multi-label 86.89 ±
-3.83 % (71 % for "absent" everywhere); still rising at epoch 15, and each seed stays near chance for its first
-3-8 epochs. Several seeds of this model in one program (--config.num_seeds) are slower on a CPU than one
+3.83 % (71 % for "absent" everywhere); still rising at epoch 15. The seeds leave chance level (majority
+~10 %) after about 2, 4 and 7 epochs, and the latest to start ends lowest. Several seeds of this model in one program (--config.num_seeds) are slower on a CPU than one
 after another (bench/RESULTS.md).
 Smoke: --config=configs/ips_quickstart.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
