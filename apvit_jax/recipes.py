@@ -199,8 +199,8 @@ def ips_megapixel_paper(c):
 def ips_megapixel_on_a_cpu(c):
   """The published Megapixel MNIST task and recipe at a size two CPU cores train in minutes: 300² canvases
   (N = 36 patches of 50², not 900) with the published clutter density (50 scribbles per 1500² -> 2 per
-  300²), the ResNet-18 trunk at a quarter of its width (16: ~1/16 of its FLOPs), 15 epochs with one of
-  warm-up. M = 5 as published; I = 100 covers the 36 patches in one iteration."""
+  300²), the ResNet-18 trunk at a quarter of its width (16; its convolutions' FLOPs scale with width²),
+  15 epochs with one of warm-up. M = 5 as published; I = 100 covers the 36 patches in one iteration."""
   c.data.canvas = 300
   c.data.num_noise = 2
   c.model.ips.width = 16

@@ -57,8 +57,8 @@ class ResNetTrunk(nn.Module):
   """ResNet stem + the first `num_stages` stages + global average pool: (B, H, W, C) -> (B, F) float32.
 
   Stage s has width·2^s channels (width 64 as published); F = width·2^(num_stages-1) for resnet18 (128
-  after 2 stages) and 4x that for resnet50. A narrower width (e.g. 16: ~1/16 of the FLOPs) is for CPU-sized
-  runs (configs/ips_quickstart.py). `remat` recomputes
+  after 2 stages) and 4x that for resnet50. A narrower width (e.g. 16; the FLOPs after the stem scale with
+  width²) is for CPU-sized runs (configs/ips_quickstart.py). `remat` recomputes
   the stem's and each residual block's activations in the backward pass, keeping only their inputs: the
   same values and gradients for less memory (the Megapixel MNIST train step at batch 16, M = 100: 2.32 ->
   1.19 GiB in XLA's estimate on a CPU, ~6 % more time there; bench/RESULTS.md)."""
