@@ -15,8 +15,10 @@ Measured (jax 0.12.1, 2 cores of an AMD EPYC, 2026-12-07; docs/RESULTS.md, "IPS 
 MNIST"): final test accuracy over seeds 0, 1, 2 run one after another, 851-892 s each (~100 train images/s):
 majority 74.03 ± 9.10 % (81.20, 77.10, 63.80), max 80.47 ± 7.37 %, top 79.50 ± 5.69 %, multi-label 86.89 ±
 3.83 % (71 % for "absent" everywhere); still rising at epoch 15. The seeds leave chance level (majority
-~10 %) after about 2, 4 and 7 epochs, and the latest to start ends lowest. Several seeds of this model in one program (--config.num_seeds) are slower on a CPU than one
-after another (bench/RESULTS.md).
+~10 %) after about 2, 4 and 7 epochs, and the latest to start ends lowest. Without selection
+(--config.model.ips.memory=36, every patch with gradients; one seed): majority 97.20 %, max 89.80 %, top
+84.80 %, at ~35 train images/s. Several seeds of this model in one program (--config.num_seeds) are slower
+on a CPU than one after another (bench/RESULTS.md).
 Smoke: --config=configs/ips_quickstart.py:smoke (builtin digits on a 200x200 canvas, offline).
 """
 from apvit_jax.base_config import apply_arg, base_config
