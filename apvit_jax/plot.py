@@ -57,7 +57,8 @@ def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], l
   out = {}
   for name in runs[0]:
     shared = sorted(set.intersection(*(set(run[name][0]) for run in runs)))
-    values = np.array([[dict(zip(run[name][0], run[name][1]))[e] for e in shared] for run in runs])
+    by_epoch = [dict(zip(*run[name][:2])) for run in runs]
+    values = np.array([[values[e] for e in shared] for values in by_epoch])
     out[name] = (shared, values.mean(0).tolist(), values.std(0, ddof=1).tolist() if len(runs) > 1 else None)
   return out
 
@@ -80,7 +81,7 @@ def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) 
       if sd is not None:   # several seeds: the mean, and a band of one standard deviation
         ax.fill_between(x, [m - d for m, d in zip(y, sd)], [m + d for m, d in zip(y, sd)],
                         color=line.get_color(), alpha=0.2, linewidth=0)
-      ax.set_title(name.replace("_", " ", 1).replace("_", " "), fontsize=10)
+      ax.set_title(name.replace("_", " "), fontsize=10)
       ax.set_xlabel("epoch" if x else "")
       ax.grid(alpha=0.3)
   axes[-1].legend(fontsize=8)
