@@ -8,6 +8,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import types
 
 import chex
 import jax
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from apvit_jax.base_config import set_fields
+from apvit_jax.config_checks import ConfigError
 from apvit_jax.training import checkpoint as ckpt_lib
 from apvit_jax.training import evaluate as eval_lib, loop, replicas, run as run_lib
 from session_run import shared_folder
@@ -94,12 +96,13 @@ def one_seed_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
-def test_k_replicas_equal_k_one_seed_runs(tmp_path, mode, one_seed_runs):
-  """K=3 seeds in one program under `mode`: replica k's parameters, train and test metrics and summary
-  equal the one-seed run's; under shard_map also eval.py's path, every replica and one alone."""
+@pytest.mark.parametrize("mode, replica_loop", [("pmap", "vmap"), ("shard_map", "map")])
+def test_k_replicas_equal_k_one_seed_runs(tmp_path, mode, replica_loop, one_seed_runs):
+  """K=3 seeds in one program under `mode`, the replicas vmapped or mapped: replica k's parameters, train
+  and test metrics and summary equal the one-seed run's; under shard_map also eval.py's path, every
+  replica and one alone."""
   assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
-  config = tiny_config(num_seeds=3, seed=SEED, parallel=mode, **RECIPE)
+  config = tiny_config(num_seeds=3, seed=SEED, parallel=mode, replica_loop=replica_loop, **RECIPE)
   work = tmp_path / f"k3_{mode}"
   summary = loop.train_and_evaluate(config, work)
   records = logged_metrics(work)
@@ -167,15 +170,32 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   assert pathlib.Path(written["figures"][0]).name.endswith(f"test_step{step}_seed1_0.png")
 
 
+def test_replica_loop_auto_maps_on_a_cpu_only(monkeypatch):
+  """replica_loop="auto": one replica after another on a CPU (vmapped convolutions are grouped ones there),
+  vmapped on GPU/TPU; the summary line says which."""
+  assert replicas.loop_kind(tiny_config(replica_loop="auto")) == "map"
+  assert replicas.loop_kind(tiny_config(replica_loop="vmap")) == "vmap"
+  assert replicas.loop_kind(tiny_config(replica_loop="MAP")) == "map"
+  run = run_lib.setup(tiny_config(num_seeds=2), for_training=False)
+  assert "2 replicas (seeds 0..1) in one step, one after another (replica_loop=auto)" in \
+      run_lib.summary_lines(run, "w", 0)[1]
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert replicas.loop_kind(tiny_config(replica_loop="auto")) == "vmap"
+  assert replicas.loop_kind(tiny_config(replica_loop="map")) == "map"
+  with pytest.raises(ConfigError, match="replica_loop='scan'"):
+    replicas.loop_kind(types.SimpleNamespace(replica_loop="scan"))   # config_checks refuses it earlier
+
+
 @pytest.mark.slow
-def test_ips_replicas_with_batch_statistics_equal_one_seed_runs(tmp_path):
+@pytest.mark.parametrize("replica_loop", ["map", "vmap"])
+def test_ips_replicas_with_batch_statistics_equal_one_seed_runs(tmp_path, replica_loop):
   """IPS (eager selection inside the step, a ResNet trunk with BatchNorm): the selection scan and the batch
-  statistics run per replica."""
+  statistics run per replica, vmapped or one after another."""
   def config(**overrides):
     c = load_config("ips_megapixel_mnist")
     return set_fields(c, {"progress_bar": False, "checkpoint.async_save": False, "model.ips.loading": "eager",
                           "optim.name": "sgd", "optim.lr": 0.05, "optim.grad_clip": 0.0, **overrides})
-  loop.train_and_evaluate(config(num_seeds=2, seed=1), tmp_path / "k2")
+  loop.train_and_evaluate(config(num_seeds=2, seed=1, replica_loop=replica_loop), tmp_path / "k2")
   loop.train_and_evaluate(config(seed=2), tmp_path / "seed2")
   mine, theirs = (by_step(logged_metrics(tmp_path / d), "train") for d in ("k2", "seed2"))
   assert sorted(mine) == sorted(theirs)

@@ -52,7 +52,7 @@ def test_repeat_steps_equals_a_python_loop_of_steps():
 @pytest.mark.slow
 def test_call_batches_stack_steps_outside_replicas():
   """The host batch of a call with two replicas: leaves (b, k, K, ...), step i's at [:, i] exactly the
-  batch a one-step call gets, (b, K, ...), which replicas.vmap_train_step maps over axis 1; and the stream
+  batch a one-step call gets, (b, K, ...), whose axis 1 replicas.replicated_train_step splits; and the stream
   of calls the loop takes (feed.train_batches)."""
   run = run_lib.setup(tiny_config(num_seeds=2, seed=SEED, **{"augment.flip": True}))
   one = feed.train_batch_maker(run, on_host=True)

@@ -167,7 +167,7 @@ def compile_train_step(run: Run, steps: int = 1):
     step = step_lib.make_train_step(run.family.model_inputs, run.tasks, run.schedule,
                                     label_smoothing=c.label_smoothing, skip_nonfinite=c.skip_nonfinite_steps)
     if run.num_replicas > 1:
-      step = replicas.vmap_train_step(step, run.state)
+      step = replicas.replicated_train_step(step, run.state, replicas.loop_kind(c))
     if steps > 1:
       step = step_lib.repeat_steps(step, steps)
     return run.par.compile(step, num_args=4, broadcast_last=True, donate_first=donates_state(c))
@@ -179,7 +179,7 @@ def compile_eval_step(run: Run, confusion: bool = False):
   def build():
     step = step_lib.make_eval_step(run.family.model_inputs, run.tasks, confusion)
     if run.num_replicas > 1:
-      step = replicas.vmap_eval_step(step, run.state)
+      step = replicas.replicated_eval_step(step, run.state, replicas.loop_kind(run.config))
     return run.par.compile(step, num_args=3, donate_first=False)
   return _shared_step(run, ("eval", confusion), build)
 
@@ -270,7 +270,9 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"parallel={par.mode}, train state {'donated' if donates_state(run.config) else 'not donated'} "
       f"(donate_state={run.config.donate_state})",
       f"batch: global {run.config.batch_size}, per device {run.per_device_batch}" + (
-          f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step" if k > 1 else ""),
+          f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step, "
+          f"{'vmapped' if replicas.loop_kind(run.config) == 'vmap' else 'one after another'} "
+          f"(replica_loop={run.config.replica_loop})" if k > 1 else ""),
       f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
       f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
       f"data: {ds.name}, train {len(ds.train):,}, test {len(ds.test):,}, image {ds.image_shape}, "
