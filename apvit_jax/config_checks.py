@@ -95,7 +95,7 @@ positive = real(0.0, lo_open=True)
 RULES = {
     "seed": integer(0, 2 ** 31 - 1),
     "num_seeds": integer(1, 4096),
-    "replica_loop": one_of("auto", "vmap", "map"),
+    "replica_loop": one_of("auto", "vmap", "unroll"),
     "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
     "distributed": auto_true_false,
     "donate_state": auto_true_false,

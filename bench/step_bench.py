@@ -42,6 +42,7 @@ WORKLOADS = {
     "vit_t2_32": ("vit_t2_cifar100", {"data.name": "synthetic:32x32x3:100", "batch_size": 512}),
     "ips_megapixel_mnist": ("ips_megapixel_mnist", {"data.digits": "builtin", "batch_size": 16,
                                                     "model.ips.memory": 100}),   # the GPU issue's M = I = 100
+    "ips_quickstart": ("ips_quickstart", {"data.digits": "builtin"}),   # the CPU-sized IPS, batch 16
 }
 
 

@@ -57,7 +57,7 @@ def _stacked(seen: list, count: int) -> np.ndarray:
 def crop_error(aug: dict, num_seeds: int = 1) -> float:
   """The largest difference between the images the model receives inside the compiled train step and a
   float64 NumPy crop (flip, rotation) of the same images with the same draws, in normalised units, over
-  every replica (num_seeds > 1: the vmapped step). Quickstart config: 40x40 digits, whole-pixel crops
+  every replica (num_seeds > 1: the replicated step). Quickstart config: 40x40 digits, whole-pixel crops
   (crop_padding 2), or random resized crops with augment.crop_scale."""
   seen = []
   run, batch, key = _step_once("quickstart", {**aug, "num_seeds": num_seeds}, seen)

@@ -96,9 +96,9 @@ def one_seed_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("mode, replica_loop", [("pmap", "vmap"), ("shard_map", "map")])
+@pytest.mark.parametrize("mode, replica_loop", [("pmap", "vmap"), ("shard_map", "unroll")])
 def test_k_replicas_equal_k_one_seed_runs(tmp_path, mode, replica_loop, one_seed_runs):
-  """K=3 seeds in one program under `mode`, the replicas vmapped or mapped: replica k's parameters, train
+  """K=3 seeds in one program under `mode`, the replicas vmapped or unrolled: replica k's parameters, train
   and test metrics and summary equal the one-seed run's; under shard_map also eval.py's path, every
   replica and one alone."""
   assert jax.device_count() == 8, "run with XLA_FLAGS=--xla_force_host_platform_device_count=8"
@@ -141,7 +141,10 @@ def test_k_replicas_equal_k_one_seed_runs(tmp_path, mode, replica_loop, one_seed
 @pytest.mark.slow
 def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-  cmd = lambda work: train_cmd(work, "--config.num_seeds=2", "--config.model.dropout=0.1")
+  # vmapped replicas: resuming does not depend on the loop (test_k_replicas_equal_k_one_seed_runs tests
+  # both), and the unrolled step, a CPU's default, compiles twice as long in each of the four processes.
+  cmd = lambda work: train_cmd(work, "--config.num_seeds=2", "--config.model.dropout=0.1",
+                               "--config.replica_loop=vmap")
   ref = subprocess.run(cmd(tmp_path / "ref"), cwd=ROOT, env=env, capture_output=True, text=True)
   assert ref.returncode == 0, ref.stderr[-2000:]
   assert "FINAL over 2 seeds (0..1), mean ± sd: best_accuracy=" in ref.stdout
@@ -170,27 +173,27 @@ def test_k2_run_killed_with_sigkill_resumes_exactly(tmp_path):
   assert pathlib.Path(written["figures"][0]).name.endswith(f"test_step{step}_seed1_0.png")
 
 
-def test_replica_loop_auto_maps_on_a_cpu_only(monkeypatch):
-  """replica_loop="auto": one replica after another on a CPU (vmapped convolutions are grouped ones there),
+def test_replica_loop_auto_unrolls_on_a_cpu_only(monkeypatch):
+  """replica_loop="auto": the replicas unrolled on a CPU (vmapped convolutions are slow grouped ones there),
   vmapped on GPU/TPU; the summary line says which."""
-  assert replicas.loop_kind(tiny_config(replica_loop="auto")) == "map"
+  assert replicas.loop_kind(tiny_config(replica_loop="auto")) == "unroll"
   assert replicas.loop_kind(tiny_config(replica_loop="vmap")) == "vmap"
-  assert replicas.loop_kind(tiny_config(replica_loop="MAP")) == "map"
+  assert replicas.loop_kind(tiny_config(replica_loop="UNROLL")) == "unroll"
   run = run_lib.setup(tiny_config(num_seeds=2), for_training=False)
-  assert "2 replicas (seeds 0..1) in one step, one after another (replica_loop=auto)" in \
+  assert "2 replicas (seeds 0..1) in one step, unrolled (replica_loop=auto)" in \
       run_lib.summary_lines(run, "w", 0)[1]
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
   assert replicas.loop_kind(tiny_config(replica_loop="auto")) == "vmap"
-  assert replicas.loop_kind(tiny_config(replica_loop="map")) == "map"
+  assert replicas.loop_kind(tiny_config(replica_loop="unroll")) == "unroll"
   with pytest.raises(ConfigError, match="replica_loop='scan'"):
     replicas.loop_kind(types.SimpleNamespace(replica_loop="scan"))   # config_checks refuses it earlier
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("replica_loop", ["map", "vmap"])
+@pytest.mark.parametrize("replica_loop", ["unroll", "vmap"])
 def test_ips_replicas_with_batch_statistics_equal_one_seed_runs(tmp_path, replica_loop):
   """IPS (eager selection inside the step, a ResNet trunk with BatchNorm): the selection scan and the batch
-  statistics run per replica, vmapped or one after another."""
+  statistics run per replica, vmapped or unrolled."""
   def config(**overrides):
     c = load_config("ips_megapixel_mnist")
     return set_fields(c, {"progress_bar": False, "checkpoint.async_save": False, "model.ips.loading": "eager",

@@ -1,7 +1,7 @@
 """Several seeds in one program (config.num_seeds = K > 1): K independent replicas of the parameters,
 optimizer state and batch statistics, stacked on a leading axis and trained by one compiled step that
 runs the per-replica step (training/step.py) over them inside pmap or shard_map: vmapped (every
-operation K times wider) or in a lax.map (one replica after another), by config.replica_loop.
+operation K replicas wide) or unrolled (K copies of the step in the program), by config.replica_loop.
 
 Replica k is the run with seed config.seed + k: its initialisation, data order, augmentation and dropout
 come from that seed exactly as in a one-seed run, so replica k equals `--config.seed=SEED+k` (to float32
@@ -39,50 +39,44 @@ def state_axes(state):
   return state.replace(step=None, params=0, opt_state=0, batch_stats=0)
 
 
-LOOPS = ("vmap", "map")
+LOOPS = ("vmap", "unroll")
 
 
 def loop_kind(config) -> str:
-  """config.replica_loop -> "vmap" or "map". "auto" maps on a CPU: there a vmapped convolution becomes one
-  grouped convolution, which XLA:CPU runs several times slower than the K convolutions one after another
-  (bench/RESULTS.md), and two cores have no idle units for wider operations to fill; it vmaps on GPU/TPU,
-  where K small replicas in one wide kernel fill the device and K kernels one after another would not."""
+  """config.replica_loop -> "vmap" or "unroll". "auto" unrolls on a CPU, where K unrolled replicas train at
+  K separate runs' speed and vmapped ones at 0.5-0.9 of it (vmapped convolutions become grouped ones, slow on
+  XLA:CPU; bench/RESULTS.md), and vmaps on GPU/TPU, where K small replicas in one wide kernel fill the device
+  and compile once."""
   value = str(config.replica_loop).lower()
   if value == "auto":
-    return "map" if jax.default_backend() == "cpu" else "vmap"
+    return "unroll" if jax.default_backend() == "cpu" else "vmap"
   if value not in LOOPS:
     raise ConfigError(f"config.replica_loop={config.replica_loop!r}: choose from {('auto',) + LOOPS}")
   return value
 
 
-def _with_replica(state, arrays):
-  """The stacked state with one replica's (params, opt_state, batch_stats) in place of the stacks."""
-  params, opt_state, batch_stats = arrays
-  return state.replace(params=params, opt_state=opt_state, batch_stats=batch_stats)
-
-
-def _replica_arrays(state):
-  return state.params, state.opt_state, state.batch_stats
+def _stacked(state, replicas):
+  """One-seed states -> `state` holding them stacked (the step counter, shared, from the first)."""
+  stack_all = lambda get: jax.tree.map(lambda *xs: jnp.stack(xs), *map(get, replicas))
+  return state.replace(step=replicas[0].step, params=stack_all(lambda r: r.params),
+                       opt_state=stack_all(lambda r: r.opt_state), batch_stats=stack_all(lambda r: r.batch_stats))
 
 
 def replicated_train_step(train_step, state, kind: str):
-  """train_step(state, data, batch, key) per replica -> the same over K replicas (see the layouts), the
-  replicas vmapped (kind "vmap") or one after another in a lax.map ("map"); both compute each replica's
-  step exactly as a one-seed run does, to float32 rounding of the batched arithmetic."""
+  """train_step(state, data, batch, key) per replica -> the same over K replicas (see the layouts): vmapped
+  (kind "vmap": each operation K replicas wide, compiled once) or unrolled ("unroll": K copies of the step,
+  one per replica, in one program; compilation grows with K). Both compute each replica's step exactly as
+  a one-seed run does, to float32 rounding."""
   axes = state_axes(state)
   if kind == "vmap":
     return jax.vmap(train_step, in_axes=(axes, None, 1, 0), out_axes=(axes, 0))
 
-  def mapped(state, data, batch, keys):
-    def one(xs):
-      arrays, replica_batch, key = xs
-      new, metrics = train_step(_with_replica(state, arrays), data, replica_batch, key)
-      return (_replica_arrays(new), new.step), metrics
-    per_replica = jax.tree.map(lambda x: jnp.moveaxis(x, 1, 0), batch)
-    (arrays, steps), metrics = jax.lax.map(one, (_replica_arrays(state), per_replica, keys))
-    # Every replica advances the shared counter alike (a skipped step advances it too).
-    return _with_replica(state, arrays).replace(step=steps[0]), metrics
-  return mapped
+  def unrolled(state, data, batch, keys):
+    steps = [train_step(select_state(state, k), data, jax.tree.map(lambda x: x[:, k], batch), keys[k])
+             for k in range(keys.shape[0])]
+    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *(m for _, m in steps))
+    return _stacked(state, [s for s, _ in steps]), metrics
+  return unrolled
 
 
 def replicated_eval_step(eval_step, state, kind: str):
@@ -90,10 +84,11 @@ def replicated_eval_step(eval_step, state, kind: str):
   if kind == "vmap":
     return jax.vmap(eval_step, in_axes=(state_axes(state), None, None), out_axes=0)
 
-  def mapped(state, data, batch):
-    return jax.lax.map(lambda arrays: eval_step(_with_replica(state, arrays), data, batch),
-                       _replica_arrays(state))
-  return mapped
+  def unrolled(state, data, batch):
+    count = jax.tree.leaves(state.params)[0].shape[0]
+    sums = [eval_step(select_state(state, k), data, batch) for k in range(count)]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *sums)
+  return unrolled
 
 
 def stack(trees, axis: int = 0):

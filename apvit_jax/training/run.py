@@ -271,7 +271,7 @@ def summary_lines(run: Run, workdir, start_step: int) -> list[str]:
       f"(donate_state={run.config.donate_state})",
       f"batch: global {run.config.batch_size}, per device {run.per_device_batch}" + (
           f", per replica: {k} replicas (seeds {run.seeds[0]}..{run.seeds[-1]}) in one step, "
-          f"{'vmapped' if replicas.loop_kind(run.config) == 'vmap' else 'one after another'} "
+          f"{'vmapped' if replicas.loop_kind(run.config) == 'vmap' else 'unrolled'} "
           f"(replica_loop={run.config.replica_loop})" if k > 1 else ""),
       f"model: {run.family.description()}, {params:,} parameters" + (" per replica" if k > 1 else "") +
       f", dtype {registry.compute_dtype(m.dtype)} (model.dtype={m.dtype})",
