@@ -49,11 +49,13 @@ def test_augmentation_in_the_compiled_step():
                           "corner's gather again and whole-pixel reads land a pixel off (max error 2.0). The "
                           "recipes' whole-pixel crops copy pixels instead and are right there")
 def test_sampler_on_whole_pixels_in_the_compiled_step():
-  """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds: whole-pixel
+  """The bilinear sampler with every sample point on a pixel, in the vmapped step of two seeds (vmapped as on
+  GPU/TPU, not unrolled as a CPU's replica_loop=auto would: the sampler folds the vmapped axis): whole-pixel
   crops and flips forced through it by a rotation too small to move a float32 coordinate (1e-9 degrees),
   fails (2.0) without `sampler.pixel_coordinates`, the fix; and random resized crops of 90-100 % of the
   image (whole-image boxes sample on pixels; 1.7 on jax 0.10.2, where the trainer warns)."""
-  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, **{TINY_MODEL}}}, 2)",
+  got = errors(f"c.crop_error({{'augment.flip': True, 'augment.rotate_degrees': 1e-9, 'replica_loop': 'vmap', "
+               f"**{TINY_MODEL}}}, 2)",
                f"c.crop_error({{'augment.flip': True, 'augment.crop_scale': (0.9, 1.0), **{TINY_MODEL}}})")
   assert max(got) < 1e-4, got
 
