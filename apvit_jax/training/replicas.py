@@ -44,8 +44,8 @@ LOOPS = ("vmap", "unroll")
 
 def loop_kind(config) -> str:
   """config.replica_loop -> "vmap" or "unroll". "auto" unrolls on a CPU, where K unrolled replicas train at
-  K separate runs' speed and vmapped ones at 0.5-0.9 of it (vmapped convolutions become grouped ones, slow on
-  XLA:CPU; bench/RESULTS.md), and vmaps on GPU/TPU, where K small replicas in one wide kernel fill the device
+  K separate runs' speed and vmapped ones at 0.5-1.0 of it (IPS's vmapped convolutions become grouped ones,
+  slow on XLA:CPU; bench/RESULTS.md), and vmaps on GPU/TPU, where K small replicas in one wide kernel fill the device
   and compile once."""
   value = str(config.replica_loop).lower()
   if value == "auto":
@@ -55,11 +55,16 @@ def loop_kind(config) -> str:
   return value
 
 
+def _stack_traced(trees):
+  """Equal-structured trees inside a traced step -> one tree whose leaves gain a leading replica axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
 def _stacked(state, replicas):
   """One-seed states -> `state` holding them stacked (the step counter, shared, from the first)."""
-  stack_all = lambda get: jax.tree.map(lambda *xs: jnp.stack(xs), *map(get, replicas))
-  return state.replace(step=replicas[0].step, params=stack_all(lambda r: r.params),
-                       opt_state=stack_all(lambda r: r.opt_state), batch_stats=stack_all(lambda r: r.batch_stats))
+  return state.replace(step=replicas[0].step, params=_stack_traced([r.params for r in replicas]),
+                       opt_state=_stack_traced([r.opt_state for r in replicas]),
+                       batch_stats=_stack_traced([r.batch_stats for r in replicas]))
 
 
 def replicated_train_step(train_step, state, kind: str):
@@ -74,8 +79,7 @@ def replicated_train_step(train_step, state, kind: str):
   def unrolled(state, data, batch, keys):
     steps = [train_step(select_state(state, k), data, jax.tree.map(lambda x: x[:, k], batch), keys[k])
              for k in range(keys.shape[0])]
-    metrics = jax.tree.map(lambda *xs: jnp.stack(xs), *(m for _, m in steps))
-    return _stacked(state, [s for s, _ in steps]), metrics
+    return _stacked(state, [s for s, _ in steps]), _stack_traced([m for _, m in steps])
   return unrolled
 
 
@@ -86,8 +90,7 @@ def replicated_eval_step(eval_step, state, kind: str):
 
   def unrolled(state, data, batch):
     count = jax.tree.leaves(state.params)[0].shape[0]
-    sums = [eval_step(select_state(state, k), data, batch) for k in range(count)]
-    return jax.tree.map(lambda *xs: jnp.stack(xs), *sums)
+    return _stack_traced([eval_step(select_state(state, k), data, batch) for k in range(count)])
   return unrolled
 
 
