@@ -12,10 +12,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.seed = 0
   c.num_seeds = 1              # K > 1: K independent replicas (seeds seed..seed+K-1) in one compiled step
   c.replica_loop = "auto"     # num_seeds > 1: "vmap" (each operation K replicas wide, compiled once),
-                               # "unroll" (K copies of the step in one program: compiles K times longer),
-                               # or "auto": vmap on GPU/TPU, unroll on CPU, where vmapped replicas train
-                               # at 0.5-0.9 of K separate runs' speed and unrolled ones at ~1.0
-                               # (bench/RESULTS.md)
+                               # "unroll" (K copies of the step in one program: compile time grows with K,
+                               # 2x at K = 3), or "auto": vmap on GPU/TPU, unroll on CPU, where vmapped
+                               # replicas train at 0.5-1.0 of K separate runs' speed (IPS 0.65) and
+                               # unrolled ones at ~1.0 (bench/RESULTS.md)
   c.parallel = "pmap"          # "pmap" or "shard_map" (jit over a Mesh)
   c.distributed = "auto"       # jax.distributed.initialize(): "true", "false", or "auto" (cluster detected)
   c.batch_size = 128           # global, over all devices and hosts
