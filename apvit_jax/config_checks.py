@@ -11,6 +11,7 @@ import numbers
 
 import ml_collections
 
+from apvit_jax.errors import ConfigError  # noqa: F401 (raised here; importers take it from here too)
 from apvit_jax.models.adaptive import ADAPTIVE_POSEMBS, PATCH_SAMPLERS
 from apvit_jax.models.families.vit import FRONT_ENDS
 from apvit_jax.models.ips import ENCODERS, LOADING
@@ -19,6 +20,8 @@ from apvit_jax.models.posembed import LOOKUPS, POSEMB_KINDS
 from apvit_jax.models.stn import STNS
 from apvit_jax.models.vit import POOLS
 from apvit_jax.patch_params import BOUNDS, KINDS, TRANSLATE_RANGES
+from apvit_jax.training.parallel import MODES
+from apvit_jax.training.replicas import LOOPS
 from apvit_jax.training.state import OPTIMIZERS, SCHEDULES
 
 HUGE = 10 ** 9   # more than any count a run can use (examples, steps, pixels, widths)
@@ -95,8 +98,8 @@ positive = real(0.0, lo_open=True)
 RULES = {
     "seed": integer(0, 2 ** 31 - 1),
     "num_seeds": integer(1, 4096),
-    "replica_loop": one_of("auto", "vmap", "unroll"),
-    "parallel": text(nonempty=True),   # the mode is checked by training/parallel.py
+    "replica_loop": one_of("auto", *LOOPS),
+    "parallel": one_of(*MODES),
     "distributed": auto_true_false,
     "donate_state": auto_true_false,
     "batch_size": count,
@@ -210,11 +213,6 @@ def flat_fields(c: ml_collections.ConfigDict, prefix: str = "") -> dict:
     else:
       out[prefix + key] = value
   return out
-
-
-class ConfigError(ValueError):
-  """A config that cannot work, said in one line naming the field(s). The commands print it as a usage
-  error (no traceback: nothing is wrong with the program)."""
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:

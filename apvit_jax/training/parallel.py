@@ -13,7 +13,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from apvit_jax.config_checks import ConfigError
+from apvit_jax.errors import ConfigError
 from apvit_jax.training.step import AXIS
 
 MODES = ("pmap", "shard_map")

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apvit_jax.config_checks import ConfigError
+from apvit_jax.errors import ConfigError
 
 # Metrics that are the same for every replica: written once, under their own name.
 SHARED = ("lr", "count", "epoch", "images_per_sec")
