@@ -7,7 +7,8 @@ One figure against the epoch: training loss, then one panel per test metric (`--
 and test accuracy; an IPS run logs accuracy/TASK too); one line per workdir (labelled by its folder name),
 so runs can be compared side by side. A multi-seed workdir (config.num_seeds > 1) is drawn as the mean over
 its seeds with a band of one standard deviation; `--seeds` draws the workdirs given as the seeds of one
-run the same way (mean and sample sd over the workdirs, at the epochs they all logged).
+run the same way (mean and sample sd over all their seeds, a multi-seed workdir giving each of its
+replicas, at the epochs they all logged).
 Default output: WORKDIR/curves.png for one workdir, ./curves.png for several.
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 
 from apvit_jax.training.metrics import read_records
 from apvit_jax.training.replicas import mean_value
@@ -50,6 +52,19 @@ def curves(records: list[dict], test_metrics=("loss", "accuracy")
   return {"train_loss": series(trains, "loss"), **{f"test_{name}": series(tests, name) for name in test_metrics}}
 
 
+def replica_records(records: list[dict]) -> list[list[dict]]:
+  """The records of a run, one list per seed: a multi-seed run's records (NAME/seedS per replica) become
+  one-seed records of each replica (NAME), shared names (epoch, lr, ...) kept; a one-seed run is one list."""
+  seeds = sorted({int(m.group(1)) for r in records for k in r if (m := re.search(r"/seed(\d+)$", k))})
+  if not seeds:
+    return [records]
+  def view(r, s):
+    own = {k[:-len(f"/seed{s}")]: v for k, v in r.items() if k.endswith(f"/seed{s}")}
+    shared = {k: v for k, v in r.items() if not re.search(r"(/seed\d+|_mean|_sd)$", k)}
+    return {**shared, **own}
+  return [[view(r, s) for r in records] for s in seeds]
+
+
 def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], list[float] | None]]:
   """The curves of one-seed runs (each as `curves` gives them) -> their mean and sample standard deviation
   (ddof=1, as a multi-seed run logs) at the epochs every run has."""
@@ -70,10 +85,14 @@ def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) 
   import matplotlib.pyplot as plt
 
   from apvit_jax.visualize import save_figure
-  runs = [(pathlib.Path(w).resolve().name, curves(read_metrics(w), test_metrics)) for w in workdirs]
   if seeds:   # labelled by what the folder names share: "run_s0", "run_s1" -> "run_s… (2 seeds)"
-    shared = os.path.commonprefix([name for name, _ in runs])
-    runs = [(f"{shared or 'runs'}… ({len(runs)} seeds)", seed_curves([c for _, c in runs]))]
+    each = [curves(r, test_metrics) for w in workdirs for r in replica_records(read_metrics(w))]
+    if len(each) < 2:
+      raise ValueError(f"--seeds needs at least two seeds; {', '.join(map(str, workdirs))} hold(s) one")
+    shared = os.path.commonprefix([pathlib.Path(w).resolve().name for w in workdirs])
+    runs = [(f"{shared or 'runs'}… ({len(each)} seeds)", seed_curves(each))]
+  else:
+    runs = [(pathlib.Path(w).resolve().name, curves(read_metrics(w), test_metrics)) for w in workdirs]
   fig, axes = plt.subplots(1, 1 + len(test_metrics), figsize=(4.3 * (1 + len(test_metrics)), 3.6))
   for label, run in runs:
     for ax, (name, (x, y, sd)) in zip(axes, run.items()):
@@ -95,13 +114,11 @@ def main(argv=None):
   parser.add_argument("--test", default="loss,accuracy",
                       help="comma-separated test metrics, one panel each (e.g. accuracy/majority)")
   parser.add_argument("--seeds", action="store_true",
-                      help="the workdirs are seeds of one run: draw their mean with a band of one sd")
+                      help="the workdirs (and their replicas) are seeds of one run: their mean with a band of one sd")
   args = parser.parse_args(argv)
   test_metrics = tuple(m.strip() for m in args.test.split(",") if m.strip())
   if not test_metrics:
     parser.error("--test names no metric")
-  if args.seeds and len(args.workdirs) < 2:
-    parser.error("--seeds needs the workdirs of at least two seeds")
   out = args.out or (pathlib.Path(args.workdirs[0]) / "curves.png" if len(args.workdirs) == 1 else "curves.png")
   print(f"wrote {plot(args.workdirs, out, test_metrics, args.seeds)}")
 

@@ -72,3 +72,32 @@ def test_seeds_in_separate_workdirs_are_one_line_with_a_band(tmp_path):
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   with pytest.raises(ValueError, match="no 'accuracy/majority' in the record of step 4; it has"):
     plot.curves(plot.read_metrics(tmp_path / "s0"), ("accuracy/majority",))
+
+
+def test_seeds_may_be_replicas_of_a_multi_seed_workdir(tmp_path):
+  """--seeds over a one-seed workdir and a two-seed one: three seeds, each replica's own values (not the
+  run's logged mean), with the shared names (epoch) kept."""
+  import numpy as np
+  rng = np.random.default_rng()
+  acc = rng.uniform(0.1, 0.9, (3, 2))   # seeds 0, 1, 2 x 2 epochs
+  write_metrics(tmp_path / "one", [{"step": 4 * e + 4, "split": "test", "loss": 1.0, "epoch": e + 1.0,
+                                     "accuracy/top": float(acc[0, e])} for e in range(2)])
+  write_metrics(tmp_path / "two", [
+      {"step": 4 * e + 4, "split": "test", "epoch": e + 1.0, "loss_mean": 1.0, "loss_sd": 0.0,
+       "accuracy/top_mean": float(acc[1:, e].mean()), "accuracy/top_sd": 9.0,
+       **{f"{name}/seed{s}": v for s in (1, 2) for name, v in (("loss", 1.0), ("accuracy/top", float(acc[s, e])))}}
+      for e in range(2)])
+  replicas = plot.replica_records(plot.read_metrics(tmp_path / "two"))
+  assert [[r["accuracy/top"] for r in seed] for seed in replicas] == acc[1:].tolist()
+  assert replicas[1][0] == {"step": 4, "split": "test", "epoch": 1.0, "loss": 1.0, "accuracy/top": acc[2, 0]}
+  each = [plot.curves(r, ("accuracy/top",)) for w in ("one", "two")
+          for r in plot.replica_records(plot.read_metrics(tmp_path / w))]
+  epochs, mean, sd = plot.seed_curves(each)["test_accuracy/top"]
+  assert epochs == [1.0, 2.0]
+  np.testing.assert_allclose(mean, acc.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(sd, acc.std(0, ddof=1), rtol=1e-12)
+  out = plot.plot([tmp_path / "one", tmp_path / "two"], tmp_path / "mixed.png", ("accuracy/top",), seeds=True)
+  assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  plot.plot([tmp_path / "two"], tmp_path / "replicas.png", ("accuracy/top",), seeds=True)   # two seeds in one
+  with pytest.raises(ValueError, match="--seeds needs at least two seeds"):
+    plot.plot([tmp_path / "one"], tmp_path / "single.png", ("accuracy/top",), seeds=True)
