@@ -2,6 +2,7 @@
 
   python -m apvit_jax.plot WORKDIR [WORKDIR ...] [--out=curves.png]
   python -m apvit_jax.plot RUN_s0 RUN_s1 RUN_s2 --seeds --test=accuracy/majority,accuracy/top
+  python -m apvit_jax.plot A_s0,A_s1,A_s2 B_s0,B_s1,B_s2 --test=accuracy/majority
 
 One figure against the epoch: training loss, then one panel per test metric (`--test`, default test loss
 and test accuracy; an IPS run logs accuracy/TASK too); one line per workdir (labelled by its folder name),
@@ -9,6 +10,8 @@ so runs can be compared side by side. A multi-seed workdir (config.num_seeds > 1
 its seeds with a band of one standard deviation; `--seeds` draws the workdirs given as the seeds of one
 run the same way (mean and sample sd over all their seeds, a multi-seed workdir giving each of its
 replicas, at the epochs they all logged).
+Workdirs joined by commas are the seeds of one experiment, drawn the same way, one line each: `A_s0,A_s1
+A_s2x3 B_s0,B_s1` compares A (five seeds, the last three from one multi-seed workdir) with B.
 Default output: WORKDIR/curves.png for one workdir, ./curves.png for several.
 """
 from __future__ import annotations
@@ -78,21 +81,34 @@ def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], l
   return out
 
 
+def seed_group(workdirs, test_metrics) -> tuple[str, dict]:
+  """Workdirs that are the seeds of one experiment -> (label, their mean curves with a band), labelled by
+  what the folder names share: "run_s0", "run_s1" -> "run_s… (2 seeds)"."""
+  each = [curves(r, test_metrics) for w in workdirs for r in replica_records(read_metrics(w))]
+  if len(each) < 2:
+    raise ValueError(f"seeds of one experiment: at least two are needed; {', '.join(map(str, workdirs))} "
+                     f"hold(s) one")
+  shared = os.path.commonprefix([pathlib.Path(w).resolve().name for w in workdirs])
+  return f"{shared or 'runs'}… ({len(each)} seeds)", seed_curves(each)
+
+
+def lines(workdirs, test_metrics=("loss", "accuracy"), seeds: bool = False) -> list[tuple[str, dict]]:
+  """[(label, curves)], one per argument of `workdirs`: a workdir, or workdirs joined by commas, the seeds
+  of one experiment (their mean and a band); with `seeds` one for all of them."""
+  groups = [[w for a in workdirs for w in str(a).split(",") if w]] if seeds else \
+      [[w for w in str(a).split(",") if w] for a in workdirs]
+  return [seed_group(g, test_metrics) if seeds or len(g) > 1 else
+          (pathlib.Path(g[0]).resolve().name, curves(read_metrics(g[0]), test_metrics)) for g in groups]
+
+
 def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) -> pathlib.Path:
-  """One line per workdir, or with `seeds` one line for all of them (their mean and a band)."""
+  """The figure of `lines(workdirs, test_metrics, seeds)`, written to `out`."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
 
   from apvit_jax.visualize import save_figure
-  if seeds:   # labelled by what the folder names share: "run_s0", "run_s1" -> "run_s… (2 seeds)"
-    each = [curves(r, test_metrics) for w in workdirs for r in replica_records(read_metrics(w))]
-    if len(each) < 2:
-      raise ValueError(f"--seeds needs at least two seeds; {', '.join(map(str, workdirs))} hold(s) one")
-    shared = os.path.commonprefix([pathlib.Path(w).resolve().name for w in workdirs])
-    runs = [(f"{shared or 'runs'}… ({len(each)} seeds)", seed_curves(each))]
-  else:
-    runs = [(pathlib.Path(w).resolve().name, curves(read_metrics(w), test_metrics)) for w in workdirs]
+  runs = lines(workdirs, test_metrics, seeds)
   fig, axes = plt.subplots(1, 1 + len(test_metrics), figsize=(4.3 * (1 + len(test_metrics)), 3.6))
   for label, run in runs:
     for ax, (name, (x, y, sd)) in zip(axes, run.items()):
@@ -109,7 +125,8 @@ def plot(workdirs, out, test_metrics=("loss", "accuracy"), seeds: bool = False) 
 
 def main(argv=None):
   parser = argparse.ArgumentParser(prog="python -m apvit_jax.plot", description=__doc__.split("\n\n")[0])
-  parser.add_argument("workdirs", nargs="+", help="training workdirs (each holds metrics.jsonl)")
+  parser.add_argument("workdirs", nargs="+", help="training workdirs (each holds metrics.jsonl); joined "
+                      "by commas: the seeds of one experiment, one line with a band")
   parser.add_argument("--out", default=None, help="PNG to write (default: see module docstring)")
   parser.add_argument("--test", default="loss,accuracy",
                       help="comma-separated test metrics, one panel each (e.g. accuracy/majority)")
@@ -119,7 +136,8 @@ def main(argv=None):
   test_metrics = tuple(m.strip() for m in args.test.split(",") if m.strip())
   if not test_metrics:
     parser.error("--test names no metric")
-  out = args.out or (pathlib.Path(args.workdirs[0]) / "curves.png" if len(args.workdirs) == 1 else "curves.png")
+  single = len(args.workdirs) == 1 and "," not in args.workdirs[0]
+  out = args.out or (pathlib.Path(args.workdirs[0]) / "curves.png" if single else "curves.png")
   print(f"wrote {plot(args.workdirs, out, test_metrics, args.seeds)}")
 
 

@@ -99,5 +99,10 @@ def test_seeds_may_be_replicas_of_a_multi_seed_workdir(tmp_path):
   out = plot.plot([tmp_path / "one", tmp_path / "two"], tmp_path / "mixed.png", ("accuracy/top",), seeds=True)
   assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   plot.plot([tmp_path / "two"], tmp_path / "replicas.png", ("accuracy/top",), seeds=True)   # two seeds in one
-  with pytest.raises(ValueError, match="--seeds needs at least two seeds"):
+  (label, three), (alone, first) = plot.lines([f"{tmp_path / 'one'},{tmp_path / 'two'}", tmp_path / "one"],
+                                              ("accuracy/top",))   # commas: one experiment's seeds
+  assert (label, alone) == ("runs… (3 seeds)", "one")   # the folder names share nothing
+  assert three["test_accuracy/top"] == (epochs, mean, sd) and first["test_accuracy/top"][1] == acc[0].tolist()
+  assert plot.lines([tmp_path / "one", tmp_path / "two"], ("accuracy/top",), seeds=True)[0][1] == three
+  with pytest.raises(ValueError, match="at least two are needed"):
     plot.plot([tmp_path / "one"], tmp_path / "single.png", ("accuracy/top",), seeds=True)
