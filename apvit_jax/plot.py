@@ -22,7 +22,7 @@ import pathlib
 import re
 
 from apvit_jax.training.metrics import read_records
-from apvit_jax.training.replicas import mean_value
+from apvit_jax.training.replicas import logged_seeds, mean_value
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -58,7 +58,7 @@ def curves(records: list[dict], test_metrics=("loss", "accuracy")
 def replica_records(records: list[dict]) -> list[list[dict]]:
   """The records of a run, one list per seed: a multi-seed run's records (NAME/seedS per replica) become
   one-seed records of each replica (NAME), shared names (epoch, lr, ...) kept; a one-seed run is one list."""
-  seeds = sorted({int(m.group(1)) for r in records for k in r if (m := re.search(r"/seed(\d+)$", k))})
+  seeds = sorted({s for r in records for s in logged_seeds(r)})
   if not seeds:
     return [records]
   def view(r, s):

@@ -24,7 +24,7 @@ import re
 import numpy as np
 
 from apvit_jax.training.metrics import read_records
-from apvit_jax.training.replicas import seed_values
+from apvit_jax.training.replicas import logged_seeds, seed_values
 
 
 @dataclasses.dataclass
@@ -32,7 +32,7 @@ class SeedResult:
   """One seed of one run. final / best / best_epoch: {metric: value}; wall_seconds and images_per_sec are
   the workdir's (shared by its replicas: shared_by > 1), None where the workdir does not record them."""
   workdir: str
-  seed: int
+  seed: int | None   # None: a one-seed workdir without runs.jsonl
   epochs: float
   final: dict
   best: dict
@@ -75,14 +75,14 @@ def read_workdir(workdir, metrics=None) -> list[SeedResult]:
     raise FileNotFoundError(f"no metrics.jsonl in {workdir}: is it a training workdir?")
   records = read_records(path / "metrics.jsonl")
   runs = read_records(path / "runs.jsonl")
-  config = runs[-1]["config"] if runs else {}
-  first_seed, count = int(config.get("seed", 0)), int(config.get("num_seeds", 1))
-  seeds = list(range(first_seed, first_seed + count))
   tests = {r["step"]: r for r in records if r["split"] == "test"}   # a repeated step keeps its last record
   if not tests:
     raise ValueError(f"{workdir}: metrics.jsonl holds no test record (the run has not evaluated yet)")
   steps = sorted(tests)
   last = tests[steps[-1]]
+  # the seeds: a multi-seed run's records name them; a one-seed run's is in its config (None without one)
+  seeds = logged_seeds(last) or [runs[-1]["config"].get("seed") if runs else None]
+  count = len(seeds)
   names = list(metrics) if metrics else logged_metrics(last, seeds)
   for name in names:
     missing = [s for s in steps if not _has(tests[s], name, seeds)]
@@ -142,7 +142,7 @@ def markdown(experiments: list[tuple[str, list[SeedResult]]]) -> str:
     for r in seeds:
       wall = "–" if r.wall_seconds is None else f"{r.wall_seconds:,.0f}" + (
           f" (one run of {r.shared_by} seeds)" if r.shared_by > 1 else "")
-      cells = ([label, str(r.seed), f"{r.epochs:g}"] + [_value(n, r.final[n]) for n in names]
+      cells = ([label, "?" if r.seed is None else str(r.seed), f"{r.epochs:g}"] + [_value(n, r.final[n]) for n in names]
                + [f"{_value(n, r.best[n])} ({r.best_epoch[n]:g})" for n in names]
                + [wall, "–" if r.images_per_sec is None else f"{r.images_per_sec:,.1f}"])
       lines.append("| " + " | ".join(cells) + " |")
@@ -170,7 +170,7 @@ def main(argv=None):
   for group in args.experiments:
     workdirs = [w for w in group.split(",") if w]
     seeds = [r for w in workdirs for r in read_workdir(w, metrics)]
-    repeated = sorted({r.seed for r in seeds if [x.seed for x in seeds].count(r.seed) > 1})
+    repeated = sorted({r.seed for r in seeds if r.seed is not None and [x.seed for x in seeds].count(r.seed) > 1})
     if repeated:
       parser.error(f"{group}: seed(s) {repeated} appear in more than one workdir; an experiment's seeds differ")
     metrics = metrics or list(seeds[0].final)   # every experiment of the table has the first one's columns

@@ -126,3 +126,19 @@ def test_bad_input_is_named(tmp_path, monkeypatch, capsys):
   (tmp_path / "empty" / "metrics.jsonl").write_text(json.dumps({"step": 1, "split": "train", "loss": 1.0}) + "\n")
   with pytest.raises(ValueError, match="holds no test record"):
     results.read_workdir(tmp_path / "empty")
+
+
+def test_seeds_come_from_the_records_without_runs_jsonl(tmp_path, monkeypatch):
+  """metrics.jsonl alone (e.g. copied back from another machine): a multi-seed run's records name its
+  seeds; a one-seed run's seed is unknown (None, "?" in the table), its values still read. No wall time."""
+  rng = np.random.default_rng()
+  multi, one = random_values(rng, 2, 2), random_values(rng, 2, 1)
+  write_run(tmp_path / "m", monkeypatch, [7, 8], multi, starts=[0.0])
+  write_run(tmp_path / "o", monkeypatch, [5], one, starts=[0.0])
+  for w in ("m", "o"):
+    (tmp_path / w / "runs.jsonl").unlink()
+  got = results.read_workdir(tmp_path / "m") + results.read_workdir(tmp_path / "o")
+  assert [r.seed for r in got] == [7, 8, None] and {r.wall_seconds for r in got} == {None}
+  np.testing.assert_allclose([r.final["accuracy/majority"] for r in got],
+                             [*multi["accuracy/majority"][-1], one["accuracy/majority"][-1, 0]], rtol=1e-12)
+  assert "| o | ? | 2 |" in results.markdown([("o", got[2:])])

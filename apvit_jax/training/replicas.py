@@ -17,6 +17,8 @@ K = 1 uses none of this: state, checkpoints and records are those of a one-seed 
 """
 from __future__ import annotations
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -141,6 +143,12 @@ def summarize(values: dict, seed_list) -> dict:
 def mean_value(record: dict, name: str):
   """A record's headline value of `name`: itself (one seed) or NAME_mean (several)."""
   return record[name] if name in record else record[f"{name}_mean"]
+
+
+def logged_seeds(record: dict) -> list[int]:
+  """The seeds whose values a multi-seed run's record holds (its NAME/seedS keys), in order; [] for a
+  one-seed run's record."""
+  return sorted({int(m.group(1)) for k in record if (m := re.search(r"/seed(\d+)$", k))})
 
 
 def seed_values(record: dict, name: str, seed_list) -> list:
