@@ -19,7 +19,8 @@ majority 74.03 ± 9.10 % (81.20, 77.10, 63.80), max 80.47 ± 7.37 %, top 79.50 �
 ~10 %) after about 2, 4 and 7 epochs, and the latest to start ends lowest. Without selection
 (--config.model.ips.memory=36, every patch with gradients; seeds 0, 1, 2): majority 96.87 ± 0.49 % (97.20,
 96.30, 97.10), max 88.63 ± 1.04 %, top 85.20 ± 0.46 %, multi 94.18 ± 0.47 %, at ~37 train images/s. M = 5 for 45 epochs (--config.num_epochs=45 --config.optim.warmup_epochs=3;
-seed 0, 2,545 s, about M = 36's wall time): majority 90.00 %, max 91.00 %, top 87.30 %, multi 93.73 %.
+seeds 0 and 1, 2,545 and 2,786 s, about M = 36's wall time): majority 90.15 ± 0.21 % (90.00, 90.30), max
+90.85 ± 0.21 %, top 88.25 ± 1.34 %, multi 93.65 ± 0.12 %.
 --config.num_seeds=3 trains three seeds in one program at three runs' speed on a CPU (the replicas
 unrolled there; vmapped they ran at 0.65 of it: bench/RESULTS.md).
 Smoke: --config=configs/ips_quickstart.py:smoke (builtin digits on a 200x200 canvas, offline).
