@@ -274,7 +274,7 @@ def test_every_config_smoke(path, tmp_path):
     ({"data.name": "imagenet"}, "unknown dataset name 'imagenet'"),
     ({"model.name": "resnet"}, "unknown model.name='resnet'"),
     ({"model.variant": "Q/8"}, "unknown ViT variant 'Q/8'"),
-    ({"parallel": "pjit"}, "unknown parallel mode 'pjit'"),
+    ({"parallel": "pjit"}, r"unknown parallel='pjit'; choose from \('pmap', 'shard_map'\)"),
     ({"data.name": "cifar10_raw", "data.data_dir": "/nonexistent"}, "missing data files"),
     ({"model.front_end": "adaptive", "model.adaptive.identity_init": True}, "needs bound='reflect'"),
     ({"model.front_end": "adaptive", "model.adaptive.transform": "scale_rotate",
