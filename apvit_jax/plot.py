@@ -19,10 +19,9 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import re
 
 from apvit_jax.training.metrics import read_records
-from apvit_jax.training.replicas import logged_seeds, mean_value
+from apvit_jax.training.replicas import mean_value, replica_records
 
 
 def read_metrics(workdir) -> list[dict]:
@@ -55,19 +54,6 @@ def curves(records: list[dict], test_metrics=("loss", "accuracy")
   return {"train_loss": series(trains, "loss"), **{f"test_{name}": series(tests, name) for name in test_metrics}}
 
 
-def replica_records(records: list[dict]) -> list[list[dict]]:
-  """The records of a run, one list per seed: a multi-seed run's records (NAME/seedS per replica) become
-  one-seed records of each replica (NAME), shared names (epoch, lr, ...) kept; a one-seed run is one list."""
-  seeds = sorted({s for r in records for s in logged_seeds(r)})
-  if not seeds:
-    return [records]
-  def view(r, s):
-    own = {k[:-len(f"/seed{s}")]: v for k, v in r.items() if k.endswith(f"/seed{s}")}
-    shared = {k: v for k, v in r.items() if not re.search(r"(/seed\d+|_mean|_sd)$", k)}
-    return {**shared, **own}
-  return [[view(r, s) for r in records] for s in seeds]
-
-
 def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], list[float] | None]]:
   """The curves of one-seed runs (each as `curves` gives them) -> their mean and sample standard deviation
   (ddof=1, as a multi-seed run logs) at the epochs every run has."""
@@ -84,7 +70,7 @@ def seed_curves(runs: list[dict]) -> dict[str, tuple[list[float], list[float], l
 def seed_group(workdirs, test_metrics) -> tuple[str, dict]:
   """Workdirs that are the seeds of one experiment -> (label, their mean curves with a band), labelled by
   what the folder names share: "run_s0", "run_s1" -> "run_s… (2 seeds)"."""
-  each = [curves(r, test_metrics) for w in workdirs for r in replica_records(read_metrics(w))]
+  each = [curves(r, test_metrics) for w in workdirs for r in replica_records(read_metrics(w)).values()]
   if len(each) < 2:
     raise ValueError(f"seeds of one experiment: at least two are needed; {', '.join(map(str, workdirs))} "
                      f"hold(s) one")

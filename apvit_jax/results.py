@@ -23,8 +23,9 @@ import re
 
 import numpy as np
 
+from apvit_jax.plot import read_metrics
 from apvit_jax.training.metrics import read_records
-from apvit_jax.training.replicas import logged_seeds, seed_values
+from apvit_jax.training.replicas import replica_records
 
 
 @dataclasses.dataclass
@@ -46,14 +47,9 @@ def _lower_is_better(name: str) -> bool:
   return "loss" in name
 
 
-def logged_metrics(record: dict, seeds) -> list[str]:
-  """The accuracies a test record holds, "accuracy" first: NAME (one seed) or NAME/seedS (several)."""
-  if len(seeds) == 1:
-    names = {k for k in record if k.startswith("accuracy")}
-  else:
-    names = {k[:-len(f"/seed{seeds[0]}")] for k in record if k.endswith(f"/seed{seeds[0]}")}
-    names = {n for n in names if n.startswith("accuracy")}
-  return sorted(names, key=lambda n: (n != "accuracy", n))
+def logged_metrics(record: dict) -> list[str]:
+  """The accuracies a one-seed test record holds, "accuracy" first."""
+  return sorted((k for k in record if k.startswith("accuracy")), key=lambda n: (n != "accuracy", n))
 
 
 def _wall_seconds(starts: list[float], records: list[dict]) -> float | None:
@@ -70,41 +66,34 @@ def _wall_seconds(starts: list[float], records: list[dict]) -> float | None:
 
 def read_workdir(workdir, metrics=None) -> list[SeedResult]:
   """A training workdir -> one SeedResult per seed (per replica of a multi-seed run)."""
-  path = pathlib.Path(workdir)
-  if not (path / "metrics.jsonl").is_file():
-    raise FileNotFoundError(f"no metrics.jsonl in {workdir}: is it a training workdir?")
-  records = read_records(path / "metrics.jsonl")
-  runs = read_records(path / "runs.jsonl")
-  tests = {r["step"]: r for r in records if r["split"] == "test"}   # a repeated step keeps its last record
-  if not tests:
+  records = read_metrics(workdir)
+  runs = read_records(pathlib.Path(workdir) / "runs.jsonl")
+  per_seed = replica_records([r for r in records if r["split"] == "test"])
+  if not next(iter(per_seed.values())):
     raise ValueError(f"{workdir}: metrics.jsonl holds no test record (the run has not evaluated yet)")
-  steps = sorted(tests)
-  last = tests[steps[-1]]
-  # the seeds: a multi-seed run's records name them; a one-seed run's is in its config (None without one)
-  seeds = logged_seeds(last) or [runs[-1]["config"].get("seed") if runs else None]
-  count = len(seeds)
-  names = list(metrics) if metrics else logged_metrics(last, seeds)
-  for name in names:
-    missing = [s for s in steps if not _has(tests[s], name, seeds)]
-    if missing:
-      raise ValueError(f"{workdir}: no {name!r} in the test record of step {missing[0]}; it logs "
-                       f"{logged_metrics(tests[missing[0]], seeds) + ['loss']}")
-  values = {name: np.array([seed_values(tests[s], name, seeds) for s in steps], np.float64) for name in names}
-  epochs = np.array([tests[s].get("epoch", math.nan) for s in steps], np.float64)
-  rate = last.get("images_per_sec")
-  rate = rate / count if rate is not None and np.isfinite(rate) else None
   wall = _wall_seconds([r["time"] for r in runs], records)
   out = []
-  for k, seed in enumerate(seeds):
-    pick = {n: int(np.argmin(v[:, k]) if _lower_is_better(n) else np.argmax(v[:, k])) for n, v in values.items()}
-    out.append(SeedResult(str(workdir), seed, float(epochs[-1]), {n: float(v[-1, k]) for n, v in values.items()},
-                          {n: float(v[pick[n], k]) for n, v in values.items()},
-                          {n: float(epochs[i]) for n, i in pick.items()}, wall, rate, count))
+  for seed, seed_records in per_seed.items():
+    tests = {r["step"]: r for r in seed_records}   # a repeated step keeps its last record
+    steps = sorted(tests)
+    last = tests[steps[-1]]
+    names = list(metrics) if metrics else logged_metrics(last)
+    for name in names:
+      missing = [s for s in steps if name not in tests[s]]
+      if missing:
+        raise ValueError(f"{workdir}: no {name!r} in the test record of step {missing[0]}; it logs "
+                         f"{logged_metrics(tests[missing[0]]) + ['loss']}")
+    values = {n: np.array([tests[s][n] for s in steps], np.float64) for n in names}
+    epochs = np.array([tests[s].get("epoch", math.nan) for s in steps], np.float64)
+    pick = {n: int(np.argmin(v) if _lower_is_better(n) else np.argmax(v)) for n, v in values.items()}
+    rate = last.get("images_per_sec")   # the process's training rate over all replicas
+    if seed is None:   # a one-seed run: its seed is in its config (unknown without runs.jsonl)
+      seed = runs[-1]["config"].get("seed") if runs else None
+    out.append(SeedResult(str(workdir), seed, float(epochs[-1]), {n: float(v[-1]) for n, v in values.items()},
+                          {n: float(v[pick[n]]) for n, v in values.items()},
+                          {n: float(epochs[i]) for n, i in pick.items()}, wall,
+                          rate / len(per_seed) if rate is not None and np.isfinite(rate) else None, len(per_seed)))
   return out
-
-
-def _has(record: dict, name: str, seeds) -> bool:
-  return name in record if len(seeds) == 1 else all(f"{name}/seed{s}" in record for s in seeds)
 
 
 def experiment_name(workdirs: list[str]) -> str:

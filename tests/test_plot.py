@@ -87,11 +87,13 @@ def test_seeds_may_be_replicas_of_a_multi_seed_workdir(tmp_path):
        "accuracy/top_mean": float(acc[1:, e].mean()), "accuracy/top_sd": 9.0,
        **{f"{name}/seed{s}": v for s in (1, 2) for name, v in (("loss", 1.0), ("accuracy/top", float(acc[s, e])))}}
       for e in range(2)])
-  replicas = plot.replica_records(plot.read_metrics(tmp_path / "two"))
+  by_seed = plot.replica_records(plot.read_metrics(tmp_path / "two"))
+  assert list(by_seed) == [1, 2] and list(plot.replica_records(plot.read_metrics(tmp_path / "one"))) == [None]
+  replicas = list(by_seed.values())
   assert [[r["accuracy/top"] for r in seed] for seed in replicas] == acc[1:].tolist()
   assert replicas[1][0] == {"step": 4, "split": "test", "epoch": 1.0, "loss": 1.0, "accuracy/top": acc[2, 0]}
   each = [plot.curves(r, ("accuracy/top",)) for w in ("one", "two")
-          for r in plot.replica_records(plot.read_metrics(tmp_path / w))]
+          for r in plot.replica_records(plot.read_metrics(tmp_path / w)).values()]
   epochs, mean, sd = plot.seed_curves(each)["test_accuracy/top"]
   assert epochs == [1.0, 2.0]
   np.testing.assert_allclose(mean, acc.mean(0), rtol=1e-12)

@@ -151,6 +151,20 @@ def logged_seeds(record: dict) -> list[int]:
   return sorted({int(m.group(1)) for k in record if (m := re.search(r"/seed(\d+)$", k))})
 
 
+def replica_records(records: list[dict]) -> dict:
+  """A run's records per seed, {seed: records}: a multi-seed run's (NAME/seedS per replica) become one-seed
+  records of each replica (NAME), the shared names (epoch, lr, ...) kept; a one-seed run's are {None:
+  records} (its records do not name its seed)."""
+  seeds = sorted({s for r in records for s in logged_seeds(r)})
+  if not seeds:
+    return {None: records}
+  def view(r, s):
+    own = {k[:-len(f"/seed{s}")]: v for k, v in r.items() if k.endswith(f"/seed{s}")}
+    shared = {k: v for k, v in r.items() if not re.search(r"(/seed\d+|_mean|_sd)$", k)}
+    return {**shared, **own}
+  return {s: [view(r, s) for r in records] for s in seeds}
+
+
 def seed_values(record: dict, name: str, seed_list) -> list:
   """A record's values of `name`, one per replica, in seed order."""
   if len(seed_list) == 1:
